@@ -1,0 +1,6 @@
+//! Pure writers and readers for mkosi's outputs: cpio archives, compression
+//! and checksums. Nothing here knows about configuration.
+
+pub mod checksum;
+pub mod compress;
+pub mod cpio;
