@@ -43,6 +43,15 @@ fn report(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // Multi-call binary: `mkosi-sandbox` sets up a sandbox and execs a command.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = Path::new(&argv0).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name == "mkosi-sandbox" {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let code = mkosi_sandbox::main(args);
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => ExitCode::from(report(&e)),
