@@ -73,7 +73,11 @@ fn file_run_or_read(file: &Path, cwd: &Path) -> Result<String> {
             .output()
             .map_err(|e| Error::new(format!("Failed to run {}: {e}", abs.display())))?;
         if !out.status.success() {
-            return Err(Error::new(format!("\"{}\" returned non-zero exit code {}.", abs.display(), out.status)));
+            return Err(Error::new(format!(
+                "\"{}\" returned non-zero exit code {}.",
+                abs.display(),
+                crate::toplevel::exit_code(&out.status)
+            )));
         }
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
@@ -252,11 +256,14 @@ impl<'h> Context<'h> {
 
         for ev in events {
             let (section, key, value, line) = match ev {
-                Event::SectionEnd { section } => {
+                Event::SectionEnd { section, line } => {
                     if condition_triggered == Some(false) {
                         if section == "Assert" {
-                            return Err(Error::new("Trigger condition in [Assert] section was not satisfied")
-                                .at(&abs, None, None));
+                            return Err(Error::new("Trigger condition in [Assert] section was not satisfied").at(
+                                &abs,
+                                Some(line),
+                                None,
+                            ));
                         } else if section == "Match" {
                             return Ok(false);
                         }
@@ -345,12 +352,24 @@ impl<'h> Context<'h> {
         Ok(match_triggered != Some(false))
     }
 
-    /// Run `f` with the parse directory temporarily changed to `dir`.
-    fn with_cwd<T>(&mut self, dir: PathBuf, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    /// Run `f` with the parse directory temporarily changed to `dir`. Like
+    /// upstream's `chdir()`, the working directory is the physical one
+    /// (symlinks resolved), which `%P`, relative paths and `Path.cwd()` see.
+    pub(crate) fn with_cwd<T>(&mut self, dir: &Path, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let old = std::mem::replace(&mut self.cwd, dir);
         let r = f(self);
         self.cwd = old;
         r
+    }
+
+    /// Parse directory `dir` the way upstream parses `Path.cwd()` after
+    /// changing into it: through its physical path.
+    pub(crate) fn parse_dir(&mut self, dir: &Path, parse_profiles: bool, parse_local: bool) -> Result<bool> {
+        self.with_cwd(dir, |c| {
+            let cwd = c.cwd.clone();
+            c.parse_config_one(&cwd, parse_profiles, parse_local)
+        })
     }
 
     /// Parse a configuration file, or a configuration directory (its
@@ -380,7 +399,7 @@ impl<'h> Context<'h> {
                 }
                 for local in locals {
                     if local.is_dir() {
-                        self.with_cwd(local.clone(), |c| c.parse_config_one(&local, false, false))?;
+                        self.parse_dir(&local, false, false)?;
                     } else {
                         self.parse_config_one(&local, false, false)?;
                     }
@@ -408,8 +427,17 @@ impl<'h> Context<'h> {
             if dropins.exists() {
                 for p in sorted_entries(&dropins)? {
                     if p.is_dir() {
-                        self.with_cwd(p.clone(), |c| c.parse_config_one(&p, false, false))?;
-                    } else if p.extension().is_some_and(|e| e == "conf") && p.is_file() {
+                        self.parse_dir(&p, false, false)?;
+                    } else if p.extension().is_some_and(|e| e == "conf") {
+                        if !p.is_file() {
+                            // Upstream recurses into the current directory
+                            // forever for these (dangling symlinks, sockets…).
+                            return Err(Error::new(format!(
+                                "{} is neither a regular file nor a directory",
+                                p.display()
+                            ))
+                            .at(&p, None, None));
+                        }
                         self.parse_config_one(&p, false, false)?;
                     }
                 }
@@ -428,7 +456,7 @@ impl<'h> Context<'h> {
                 for name in [profile.clone(), format!("{profile}.conf")] {
                     let p = self.cwd.join("mkosi.profiles").join(name);
                     if p.is_dir() {
-                        self.with_cwd(p.clone(), |c| c.parse_config_one(&p, false, false))?;
+                        self.parse_dir(&p, false, false)?;
                     } else if p.exists() {
                         self.parse_config_one(&p, false, false)?;
                     }
@@ -478,20 +506,21 @@ impl<'h> Context<'h> {
                 if !dir.is_dir() {
                     return Err(Error::new(format!("{} should be a directory, but isn't.", dir.display())));
                 }
-                let pat = glob::Pattern::new(glob).map_err(|e| Error::new(e.to_string()))?;
                 for entry in sorted_entries(&dir)? {
                     let Some(fname) = entry.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
-                    if !pat.matches(&fname) {
+                    if !crate::pyglob::fnmatch(glob, &fname) {
                         continue;
                     }
                     let rel = format!("{base}/{fname}");
                     let at = |e: Error| e.at(&entry, None, Some(s.name));
+                    if !entry.exists() {
+                        // Dangling symlinks.
+                        return Err(at(Error::new(format!("{rel} does not exist"))));
+                    }
                     if s.secret {
                         parse::check_secret(&entry).map_err(at)?;
                     }
-                    if entry.exists() {
-                        self.assign(s, &rel).map_err(at)?;
-                    }
+                    self.assign(s, &rel).map_err(at)?;
                 }
             }
         }
@@ -563,7 +592,7 @@ impl<'h> Context<'h> {
                 continue;
             }
             if md.is_dir() {
-                self.with_cwd(path.clone(), |c| c.parse_config_one(&path, true, false))?;
+                self.parse_dir(&path, true, false)?;
             } else {
                 self.parse_config_one(&path, false, false)?;
             }

@@ -10,8 +10,9 @@
 pub enum Event {
     /// `Key=Value` (continuation lines joined with `\n`) inside `section`.
     Setting { section: String, key: String, value: String, line: usize },
-    /// The end of a section (emitted before the next header and at the end).
-    SectionEnd { section: String },
+    /// The end of a section (emitted before the next header and at the end);
+    /// `line` is the line of the section's header.
+    SectionEnd { section: String, line: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,7 +102,7 @@ pub fn dedent(text: &str) -> String {
 pub fn parse(text: &str, want_section: &dyn Fn(&str) -> bool) -> Result<Vec<Event>, IniError> {
     let dedented = dedent(text);
     let mut events = Vec::new();
-    let mut section: Option<String> = None;
+    let mut section: Option<(String, usize)> = None;
     let mut setting: Option<(String, String, usize)> = None;
 
     for (idx, raw) in splitlines(&dedented).into_iter().enumerate() {
@@ -122,7 +123,7 @@ pub fn parse(text: &str, want_section: &dyn Fn(&str) -> bool) -> Result<Vec<Even
             }
         }
 
-        if let (Some(sec), Some((key, value, l))) = (&section, setting.take()) {
+        if let (Some((sec, _)), Some((key, value, l))) = (&section, setting.take()) {
             events.push(Event::Setting { section: sec.clone(), key, value, line: l });
         }
 
@@ -131,20 +132,20 @@ pub fn parse(text: &str, want_section: &dyn Fn(&str) -> bool) -> Result<Vec<Even
             if !line.ends_with(']') {
                 return Err(IniError { line: lineno, message: format!("{line} is not a valid section") });
             }
-            if let Some(sec) = section.take() {
+            if let Some((sec, header)) = section.take() {
                 if want_section(&sec) {
-                    events.push(Event::SectionEnd { section: sec });
+                    events.push(Event::SectionEnd { section: sec, line: header });
                 }
             }
             let name = py_strip(&line[1..line.len() - 1]);
             if name.is_empty() {
                 return Err(IniError { line: lineno, message: "Section name cannot be empty or whitespace".into() });
             }
-            section = Some(name.to_string());
+            section = Some((name.to_string(), lineno));
             continue;
         }
 
-        let Some(sec) = &section else {
+        let Some((sec, _)) = &section else {
             return Err(IniError { line: lineno, message: format!("Setting {line} is located outside of section") });
         };
         if !want_section(sec) {
@@ -160,12 +161,12 @@ pub fn parse(text: &str, want_section: &dyn Fn(&str) -> bool) -> Result<Vec<Even
         setting = Some((py_strip(key).to_string(), py_strip(value).to_string(), lineno));
     }
 
-    if let (Some(sec), Some((key, value, l))) = (&section, setting.take()) {
+    if let (Some((sec, _)), Some((key, value, l))) = (&section, setting.take()) {
         events.push(Event::Setting { section: sec.clone(), key, value, line: l });
     }
-    if let Some(sec) = section {
+    if let Some((sec, header)) = section {
         if want_section(&sec) {
-            events.push(Event::SectionEnd { section: sec });
+            events.push(Event::SectionEnd { section: sec, line: header });
         }
     }
     Ok(events)
@@ -239,7 +240,7 @@ mod tests {
             ev,
             vec![
                 Event::Setting { section: "Match".into(), key: "A".into(), value: "1".into(), line: 2 },
-                Event::SectionEnd { section: "Match".into() }
+                Event::SectionEnd { section: "Match".into(), line: 1 }
             ]
         );
     }

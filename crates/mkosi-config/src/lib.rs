@@ -19,6 +19,7 @@ pub mod ini;
 pub mod json;
 pub mod parse;
 pub mod pathutil;
+pub mod pyglob;
 pub mod settings;
 pub mod shlex;
 pub mod summary;

@@ -29,21 +29,83 @@ pub struct Env<'a> {
     pub host: &'a Host,
 }
 
-/// Python's `int()` of a string in the given radix (whitespace, sign and
-/// single underscores between digits allowed).
+/// Python's `int()` of a string in the given radix: surrounding whitespace,
+/// a sign, the radix prefix (`0o` for 8, `0x` for 16, `0b` for 2) and single
+/// underscores between digits are allowed.
 pub fn py_int(s: &str, radix: u32) -> Option<i64> {
+    let (neg, v) = py_uint(s, radix)?;
+    let v = i64::try_from(v).ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// Sign and magnitude of Python's `int()` of a string.
+fn py_uint(s: &str, radix: u32) -> Option<(bool, u128)> {
     let s = ini::py_strip(s);
-    let (neg, digits) = match s.as_bytes().first() {
+    let (neg, rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    if digits.is_empty() || digits.starts_with('_') || digits.ends_with('_') || digits.contains("__") {
+    let prefix = match radix {
+        2 => Some("0b"),
+        8 => Some("0o"),
+        16 => Some("0x"),
+        _ => None,
+    };
+    let digits = match prefix {
+        Some(p) if rest.get(..2).is_some_and(|r| r.eq_ignore_ascii_case(p)) => {
+            // An underscore may follow the prefix (`0o_755`).
+            let r = rest.get(2..).unwrap_or_default();
+            r.strip_prefix('_').unwrap_or(r)
+        }
+        _ => rest,
+    };
+    if !valid_underscores(digits) {
         return None;
     }
     let cleaned: String = digits.chars().filter(|&c| c != '_').collect();
-    let v = i64::from_str_radix(&cleaned, radix).ok()?;
-    Some(if neg { -v } else { v })
+    if cleaned.is_empty() || !cleaned.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let v = u128::from_str_radix(&cleaned, radix).ok()?;
+    Some((neg && v != 0, v))
+}
+
+/// Python's rule for underscores in numbers: only single ones between digits.
+fn valid_underscores(digits: &str) -> bool {
+    let b = digits.as_bytes();
+    b.iter().enumerate().all(|(i, &c)| {
+        c != b'_' || (i > 0 && i + 1 < b.len() && b[i - 1].is_ascii_alphanumeric() && b[i + 1].is_ascii_alphanumeric())
+    })
+}
+
+/// Python's `float()` of a string.
+pub fn py_float(s: &str) -> Option<f64> {
+    let s = ini::py_strip(s);
+    let b = s.as_bytes();
+    let underscores_ok = b.iter().enumerate().all(|(i, &c)| {
+        c != b'_' || (i > 0 && i + 1 < b.len() && b[i - 1].is_ascii_digit() && b[i + 1].is_ascii_digit())
+    });
+    if !underscores_ok {
+        return None;
+    }
+    let cleaned: String = s.chars().filter(|&c| c != '_').collect();
+    cleaned.parse::<f64>().ok()
+}
+
+/// Python's `uuid.UUID(string)`: `urn:`/`uuid:` prefixes, braces and
+/// hyphens anywhere are ignored; what remains must be 32 characters that
+/// `int(…, 16)` accepts.
+pub fn py_uuid(s: &str) -> Option<uuid::Uuid> {
+    let hex = s.replace("urn:", "").replace("uuid:", "");
+    let hex = hex.trim_matches(|c| c == '{' || c == '}').replace('-', "");
+    if hex.chars().count() != 32 {
+        return None;
+    }
+    match py_uint(&hex, 16)? {
+        (false, v) => Some(uuid::Uuid::from_u128(v)),
+        (true, _) => None,
+    }
 }
 
 /// Parse a boolean like upstream (`1 true yes y t on always` / `0 false no n f off never`).
@@ -80,8 +142,7 @@ pub fn parse_bytes(value: &str) -> Result<i64> {
         Some(b'K') => (&value[..value.len() - 1], 1024f64),
         _ => (value, 1f64),
     };
-    let cleaned: String = ini::py_strip(num).chars().filter(|&c| c != '_').collect();
-    let f: f64 = cleaned.parse().map_err(|_| Error::new(format!("'{value}' is not a valid size")))?;
+    let f = py_float(num).ok_or_else(|| Error::new(format!("'{value}' is not a valid size")))?;
     let result = (f * factor).ceil();
     if !result.is_finite() || result > 9.0e18 {
         return Err(Error::new("Size out of range"));
@@ -103,12 +164,10 @@ pub fn parse_path(value: &str, opts: &PathOpts, env: &Env) -> Result<String> {
         return Ok(value.to_string());
     }
     let expanded = pathutil::expandvars(value, env.host);
-    let mut path = pathutil::normalize(&expanded);
-    if path.as_os_str().is_empty() {
-        path = PathBuf::from(".");
-    }
-    let expanded_user = pathutil::expanduser(&path.to_string_lossy(), env.host);
-    let path = PathBuf::from(expanded_user);
+    let path = pathutil::normalize(&expanded);
+    let expanded_user = pathutil::expanduser(&path.to_string_lossy(), env.host)
+        .ok_or_else(|| Error::new("Could not determine home directory."))?;
+    let path = pathutil::normalize(&expanded_user);
     let abs = pathutil::absolute(&path, env.cwd);
 
     if opts.required {
@@ -157,10 +216,7 @@ fn parse_tree(value: &str, required: bool, absolute: bool, directory: bool, env:
     let target = match tgt {
         Some(t) => {
             let expanded = pathutil::expandvars(t, env.host);
-            let mut p = pathutil::normalize(&expanded);
-            if p.as_os_str().is_empty() {
-                p = PathBuf::from(".");
-            }
+            let p = pathutil::normalize(&expanded);
             if absolute && !p.is_absolute() {
                 return Err(Error::new(format!("{expanded} must be an absolute path")));
             }
@@ -301,25 +357,9 @@ fn split_whitespace(s: &str) -> Vec<&str> {
     s.split(ini::py_isspace).filter(|w| !w.is_empty()).collect()
 }
 
+/// `sorted(glob.glob(pattern))` relative to `cwd`.
 fn expand_glob(pattern: &str, cwd: &Path) -> Vec<String> {
-    let options =
-        glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: true };
-    let has_magic = pattern.contains(['*', '?', '[']);
-    let full = if Path::new(pattern).is_absolute() {
-        pattern.to_string()
-    } else {
-        format!("{}/{}", glob::Pattern::escape(&cwd.to_string_lossy()), pattern)
-    };
-    if !has_magic {
-        let p = pathutil::absolute(Path::new(pattern), cwd);
-        return if std::fs::symlink_metadata(&p).is_ok() { vec![pattern.to_string()] } else { vec![] };
-    }
-    let mut out: Vec<String> = match glob::glob_with(&full, options) {
-        Ok(paths) => paths.filter_map(|p| p.ok()).map(|p| p.to_string_lossy().into_owned()).collect(),
-        Err(_) => vec![],
-    };
-    out.sort();
-    out
+    crate::pyglob::glob(pattern, cwd)
 }
 
 impl Parser {
@@ -397,9 +437,9 @@ impl Parser {
             Parser::Uuid => match value.filter(|v| !v.is_empty()) {
                 None => Ok(None),
                 Some("random") => Ok(Some(Value::String(uuid::Uuid::new_v4().to_string()))),
-                Some(v) => match uuid::Uuid::parse_str(ini::py_strip(v)) {
-                    Ok(u) => Ok(Some(Value::String(u.to_string()))),
-                    Err(_) => Err(Error::new(format!("{v} is not a valid UUID"))),
+                Some(v) => match py_uuid(v) {
+                    Some(u) => Ok(Some(Value::String(u.to_string()))),
+                    None => Err(Error::new(format!("{v} is not a valid UUID"))),
                 },
             },
             Parser::SourceDateEpoch => match value.filter(|v| !v.is_empty()) {
@@ -675,19 +715,7 @@ impl Matcher {
                 }
             }
             Matcher::Str => value.as_str() == Some(cond),
-            Matcher::Glob => match glob::Pattern::new(cond) {
-                Ok(p) => value.as_str().is_some_and(|v| {
-                    p.matches_with(
-                        v,
-                        glob::MatchOptions {
-                            case_sensitive: true,
-                            require_literal_separator: false,
-                            require_literal_leading_dot: false,
-                        },
-                    )
-                }),
-                Err(_) => value.as_str() == Some(cond),
-            },
+            Matcher::Glob => value.as_str().is_some_and(|v| crate::pyglob::fnmatch(cond, v)),
             Matcher::Enum(name, values) => {
                 if !values.contains(&cond) {
                     return Err(Error::new(format!("'{cond}' is not a valid {name}")));
@@ -708,7 +736,6 @@ impl Matcher {
             Matcher::Version => value.as_str().is_some_and(|v| version::version_matches(cond, v)),
             Matcher::BuildSources => {
                 let want = pathutil::normalize(cond.trim_start_matches('/'));
-                let want = if want.as_os_str().is_empty() { PathBuf::from(".") } else { want };
                 value
                     .as_array()
                     .map(Vec::as_slice)
@@ -922,6 +949,82 @@ mod tests {
     }
 
     #[test]
+    fn no_panics_on_odd_values() {
+        let h = host();
+        let env = Env { cwd: Path::new("/"), host: &h };
+        let odd = [
+            "",
+            " ",
+            "é",
+            "0é",
+            "%",
+            "€:€",
+            "a:b:c:d:e:f:g",
+            ":",
+            "::",
+            "=",
+            "'",
+            "\"",
+            "\\",
+            "$",
+            "${",
+            "~",
+            "~é/x",
+            "[",
+            "*",
+            "\u{0}",
+            "-",
+            "+",
+            "0x",
+            "0o",
+            "1e999",
+            "nan",
+            "inf",
+            "99999999999999999999999",
+            "-99999999999999999999",
+            "1.5G",
+            "ÿG",
+            "G",
+            "K",
+            ".",
+            "..",
+            "/",
+            "hashed:",
+            "engine:",
+            "x=",
+            "=y",
+            "a b",
+            "d:1G:/nonexistent-dir",
+            "d:ÿ",
+            "commit:",
+            "1.2.3",
+            "{}",
+            "urn:uuid:",
+            "--",
+            "\n\n",
+            "a\tb",
+        ];
+        for s in crate::settings::SETTINGS {
+            for v in odd {
+                let _ = s.parser.parse(Some(v), None, &env);
+                let _ = s.parser.parse(Some(v), Some(&json!(["x"])), &env);
+                if let Some(m) = s.matcher {
+                    for value in [json!("x"), json!(["x"]), json!({"x": "y"}), Value::Null, json!(1)] {
+                        let _ = m.matches(v, &value);
+                    }
+                }
+            }
+        }
+        for v in odd {
+            let _ = parse_bytes(v);
+            let _ = py_uuid(v);
+            let _ = py_float(v);
+            let _ = crate::version::version_matches(v, v);
+            let _ = crate::pyglob::fnmatch(v, v);
+        }
+    }
+
+    #[test]
     fn python_int() {
         assert_eq!(py_int(" 42 ", 10), Some(42));
         assert_eq!(py_int("-7", 10), Some(-7));
@@ -929,5 +1032,42 @@ mod tests {
         assert_eq!(py_int("1__0", 10), None);
         assert_eq!(py_int("0x10", 10), None);
         assert_eq!(py_int("755", 8), Some(0o755));
+        assert_eq!(py_int("0o755", 8), Some(0o755));
+        assert_eq!(py_int(" 0O7_55 ", 8), Some(0o755));
+        assert_eq!(py_int("0o_755", 8), Some(0o755));
+        assert_eq!(py_int("0o", 8), None);
+        assert_eq!(py_int("755_", 8), None);
+        assert_eq!(py_int("0x10", 8), None);
+        assert_eq!(py_int("+5", 10), Some(5));
+        assert_eq!(py_int("0é", 8), None);
+        assert_eq!(py_int("é", 16), None);
+    }
+
+    #[test]
+    fn python_float_and_uuid() {
+        assert_eq!(py_float("1_0"), Some(10.0));
+        assert_eq!(py_float("1__0"), None);
+        assert_eq!(py_float("1_.5"), None);
+        assert_eq!(py_float(" 1e1_0 "), Some(1e10));
+        assert_eq!(py_float("+.5"), Some(0.5));
+        assert_eq!(py_float("0x10"), None);
+        let want = "01234567-89ab-cdef-0123-456789abcdef";
+        for ok in [
+            "{0123456789abcdef0123456789abcdef}",
+            "urn:uuid:01234567-89ab-cdef-0123-456789abcdef",
+            "0123-4567-89ab-cdef-0123-4567-89ab-cdef",
+            "uuid:0123456789ABCDEF0123456789ABCDEF",
+            "{{0123456789abcdef0123456789abcdef}}",
+        ] {
+            assert_eq!(py_uuid(ok).map(|u| u.to_string()).as_deref(), Some(want), "{ok}");
+        }
+        assert_eq!(py_uuid(" 123456789abcdef0123456789abcdef").map(|u| u.to_string()).as_deref(), Some(want));
+        assert_eq!(
+            py_uuid("0123456789abcdef0123456789abcd_f").map(|u| u.to_string()).as_deref(),
+            Some("00123456-789a-bcde-f012-3456789abcdf")
+        );
+        assert!(py_uuid("0123456789abcdef0123456789abcdef\n").is_none());
+        assert!(py_uuid("xyz").is_none());
+        assert!(py_uuid("-123456789abcdef0123456789abcdef").is_none());
     }
 }

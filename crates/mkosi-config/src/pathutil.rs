@@ -64,29 +64,32 @@ pub fn expandvars(value: &str, host: &Host) -> String {
 
 /// Expand a leading `~` or `~user`; returns the path unchanged when the home
 /// directory is unknown.
-pub fn expanduser(path: &str, host: &Host) -> String {
+///
+/// Like `pathlib.Path.expanduser()`, an unknown user (or no home directory
+/// at all) is an error: `None`.
+pub fn expanduser(path: &str, host: &Host) -> Option<String> {
     if !path.starts_with('~') {
-        return path.to_string();
+        return Some(path.to_string());
     }
     let (head, rest) = match path.find('/') {
         Some(i) => (&path[..i], &path[i..]),
         None => (path, ""),
     };
     let home = if head == "~" { host.home() } else { home_of_user(&head[1..]) };
-    match home {
-        Some(h) => {
-            let h = h.to_string_lossy();
-            let h = if rest.is_empty() { h.to_string() } else { h.trim_end_matches('/').to_string() };
-            format!("{h}{rest}")
-        }
-        None => path.to_string(),
-    }
+    let h = home?;
+    let h = h.to_string_lossy();
+    let h = if rest.is_empty() { h.to_string() } else { h.trim_end_matches('/').to_string() };
+    Some(format!("{h}{rest}"))
 }
 
-/// `base / path` the way pathlib joins: an absolute `path` replaces the base.
+/// `base / path` the way pathlib joins: an absolute `path` replaces the
+/// base, and `.` components are dropped (`Path("./x").absolute()`).
 pub fn absolute(path: &Path, base: &Path) -> PathBuf {
+    let path = normalize(&path.to_string_lossy());
     if path.is_absolute() {
-        path.to_path_buf()
+        path
+    } else if path == Path::new(".") {
+        base.to_path_buf()
     } else {
         base.join(path)
     }
@@ -127,12 +130,18 @@ fn resolve_into(out: &mut PathBuf, path: &Path, budget: &mut u32) {
     }
 }
 
-/// Lexically normalise a path: drop `.` components and duplicate separators
-/// (but keep `..`), like `pathlib.Path(...)` does.
+/// Lexically normalise a path like `pathlib.PurePosixPath(...)` does: drop
+/// `.` components, duplicate and trailing separators (but keep `..`); an
+/// empty result is `.`.
 pub fn normalize(path: &str) -> PathBuf {
     let mut out = PathBuf::new();
     for comp in Path::new(path).components() {
-        out.push(comp.as_os_str());
+        if comp != Component::CurDir {
+            out.push(comp.as_os_str());
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
     }
     out
 }
@@ -170,12 +179,33 @@ mod tests {
     }
 
     #[test]
+    fn python_path_normalization() {
+        let cases = [
+            ("./x", "x"),
+            ("a//b/", "a/b"),
+            ("a/./b/../c", "a/b/../c"),
+            (".", "."),
+            ("", "."),
+            ("./", "."),
+            ("/a/./b", "/a/b"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize(input), PathBuf::from(want), "{input}");
+        }
+        let base = Path::new("/base");
+        assert_eq!(absolute(Path::new("."), base), PathBuf::from("/base"));
+        assert_eq!(absolute(Path::new("./x/../y"), base), PathBuf::from("/base/x/../y"));
+        assert_eq!(absolute(Path::new("/abs/./z"), base), PathBuf::from("/abs/z"));
+    }
+
+    #[test]
     fn expand_home() {
         let h = host();
-        assert_eq!(expanduser("~/x", &h), "/home/me/x");
-        assert_eq!(expanduser("~", &h), "/home/me");
-        assert_eq!(expanduser("a/~", &h), "a/~");
-        assert_eq!(expanduser("~root/x", &h), "/root/x");
+        assert_eq!(expanduser("~/x", &h).as_deref(), Some("/home/me/x"));
+        assert_eq!(expanduser("~", &h).as_deref(), Some("/home/me"));
+        assert_eq!(expanduser("a/~", &h).as_deref(), Some("a/~"));
+        assert_eq!(expanduser("~root/x", &h).as_deref(), Some("/root/x"));
+        assert_eq!(expanduser("~no-such-user-hopefully/x", &h), None);
     }
 
     #[test]

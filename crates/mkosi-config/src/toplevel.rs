@@ -88,7 +88,11 @@ pub fn bump_image_version(configdir: &Path) -> Result<String> {
             .output()
             .map_err(|e| Error::new(format!("Failed to run {}: {e}", bump.display())))?;
         if !out.status.success() {
-            return Err(Error::new(format!("\"{}\" returned non-zero exit code {}.", bump.display(), out.status)));
+            return Err(Error::new(format!(
+                "\"{}\" returned non-zero exit code {}.",
+                bump.display(),
+                exit_code(&out.status)
+            )));
         }
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     } else if let Some(v) = &version {
@@ -110,6 +114,13 @@ pub fn bump_image_version(configdir: &Path) -> Result<String> {
     };
     log::info(&format!("Bumping version: '{}' → '{new_version}'", version.as_deref().unwrap_or("n/a")));
     Ok(new_version)
+}
+
+/// A process's exit status as Python's `returncode` prints it (negative
+/// signal numbers for processes killed by a signal).
+pub(crate) fn exit_code(status: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or_else(|| status.signal().map(|s| -s)).unwrap_or(-1)
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -227,19 +238,13 @@ fn finalize_default_initrd<'h>(
 fn parse_generated_config(ctx: &mut Context, user: Option<PathBuf>, builtin: &str) -> Result<()> {
     if let Some(p) = user.filter(|p| p.exists()) {
         if p.is_dir() {
-            let saved = std::mem::replace(&mut ctx.cwd, p.clone());
-            let r = ctx.parse_config_one(&p, true, true);
-            ctx.cwd = saved;
-            r?;
+            ctx.with_cwd(&p, |c| c.parse_config_one(&p, true, true))?;
         } else {
             ctx.parse_config_one(&p, false, false)?;
         }
     }
     let dir = ctx.resources.join(builtin);
-    let saved = std::mem::replace(&mut ctx.cwd, dir.clone());
-    let r = ctx.parse_config_one(&dir, true, false);
-    ctx.cwd = saved;
-    r?;
+    ctx.with_cwd(&dir, |c| c.parse_config_one(&dir, true, false))?;
     Ok(())
 }
 
@@ -269,6 +274,53 @@ pub fn resolve_deps(images: Vec<Config>, include: &[String]) -> Result<Vec<Confi
     let mut images = images;
     images.sort_by_key(|c| order.iter().position(|n| n == c.image()).unwrap_or(usize::MAX));
     Ok(images)
+}
+
+/// The cycle graphlib's `TopologicalSorter._find_cycle()` reports: a depth
+/// first search along successor edges (from an image to the images that
+/// depend on it), starting from the nodes in insertion order.
+fn find_cycle(order: &[String], succ: &[Vec<usize>]) -> Option<Vec<String>> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<usize> = Vec::new();
+    let mut itstack: Vec<usize> = Vec::new();
+    let mut stack_index: HashMap<usize, usize> = HashMap::new();
+    for start in 0..order.len() {
+        if seen.contains(&start) {
+            continue;
+        }
+        let mut node = start;
+        loop {
+            if seen.contains(&node) {
+                if let Some(&i) = stack_index.get(&node) {
+                    let mut cycle: Vec<String> = stack[i..].iter().map(|&n| order[n].clone()).collect();
+                    cycle.push(order[node].clone());
+                    return Some(cycle);
+                }
+            } else {
+                seen.insert(node);
+                itstack.push(0);
+                stack_index.insert(node, stack.len());
+                stack.push(node);
+            }
+            // Backtrack to the topmost entry with another successor.
+            let mut next = None;
+            while let (Some(&top), Some(pos)) = (stack.last(), itstack.last_mut()) {
+                if let Some(&s) = succ[top].get(*pos) {
+                    *pos += 1;
+                    next = Some(s);
+                    break;
+                }
+                stack_index.remove(&top);
+                stack.pop();
+                itstack.pop();
+            }
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+    }
+    None
 }
 
 /// Topological order like Python's `graphlib.TopologicalSorter.static_order()`.
@@ -317,26 +369,10 @@ fn topological_order(nodes: &[&String], graph: &HashMap<String, Vec<String>>) ->
         }
     }
     if done != order.len() {
-        // Find a cycle to report.
-        let remaining: Vec<usize> = (0..order.len()).filter(|&i| npred[i] > 0).collect();
-        let start = remaining[0];
-        let mut path = vec![start];
-        let mut seen = HashSet::from([start]);
-        let mut cur = start;
-        loop {
-            let preds = graph.get(&order[cur]).cloned().unwrap_or_default();
-            let Some(next) = preds.iter().filter_map(|p| index.get(p).copied()).find(|&p| npred[p] > 0) else { break };
-            if seen.contains(&next) {
-                let pos = path.iter().position(|&x| x == next).unwrap_or(0);
-                let mut cycle: Vec<String> = path[pos..].iter().map(|&i| order[i].clone()).collect();
-                cycle.push(order[next].clone());
-                return Err(Error::new(format!("Image dependency cycle detected: {}", cycle.join(" => "))));
-            }
-            seen.insert(next);
-            path.push(next);
-            cur = next;
-        }
-        return Err(Error::new("Image dependency cycle detected"));
+        return Err(match find_cycle(&order, &succ) {
+            Some(cycle) => Error::new(format!("Image dependency cycle detected: {}", cycle.join(" => "))),
+            None => Error::new("Image dependency cycle detected"),
+        });
     }
     Ok(out)
 }
@@ -440,10 +476,7 @@ pub fn parse_config(
     }
 
     if let Some(cd) = &configdir {
-        let saved = std::mem::replace(&mut ctx.cwd, cd.clone());
-        let r = ctx.parse_config_one(cd, true, true);
-        ctx.cwd = saved;
-        r?;
+        ctx.with_cwd(cd, |c| c.parse_config_one(cd, true, true))?;
     }
 
     let mut config = ctx.finalize()?;
@@ -521,10 +554,7 @@ pub fn parse_config(
             ctx.defaults.clear();
 
             let matched = if p.is_dir() {
-                let saved = std::mem::replace(&mut ctx.cwd, p.clone());
-                let r = ctx.parse_config_one(&p, true, true);
-                ctx.cwd = saved;
-                r?
+                ctx.parse_dir(&p, true, true)?
             } else {
                 ctx.cwd = invocation_cwd.to_path_buf();
                 ctx.parse_config_one(&p, false, true)?
