@@ -13,6 +13,7 @@
 pub mod args;
 pub mod enter;
 pub mod ops;
+pub mod run;
 pub mod seccomp;
 pub mod userns;
 

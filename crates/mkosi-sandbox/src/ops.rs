@@ -206,49 +206,112 @@ fn touch(p: &Path, mode: u32) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<(), SandboxError> {
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(err("mount", dst))?;
-    if readonly {
-        // Remount the bind read-only (recursively where the kernel supports mount_setattr).
-        if !remount_readonly_recursive(dst) {
-            mount(
-                None::<&str>,
-                dst,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(err("remount read-only", dst))?;
-        }
-    }
-    Ok(())
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
-/// `mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`; false when unsupported.
-fn remount_readonly_recursive(dst: &Path) -> bool {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
-    const AT_RECURSIVE: libc::c_int = 0x8000;
-    let Ok(c) = std::ffi::CString::new(dst.as_os_str().as_bytes()) else { return false };
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    // SAFETY: the path is NUL-terminated and attr is a valid mount_attr of the size passed.
-    let r = unsafe {
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+
+fn cstr(p: &Path) -> Result<std::ffi::CString, SandboxError> {
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SandboxError::Usage(format!("{} contains a NUL byte", p.display())))
+}
+
+/// Bind `src` onto `dst` (recursively), without following a symlink at
+/// either end, optionally read-only. Uses the new mount API so symlinks can
+/// be bound as such; falls back to mount(2) on old kernels.
+fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<(), SandboxError> {
+    let csrc = cstr(src)?;
+    let cdst = cstr(dst)?;
+    // SAFETY: valid NUL-terminated paths; the returned fd is closed below.
+    let fd = unsafe {
         libc::syscall(
-            libc::SYS_mount_setattr,
+            libc::SYS_open_tree,
             libc::AT_FDCWD,
-            c.as_ptr(),
-            AT_RECURSIVE as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            csrc.as_ptr(),
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | AT_RECURSIVE
+                | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
         )
     };
-    r == 0
+    if fd < 0 {
+        let errno = nix::Error::last();
+        if errno != nix::Error::ENOSYS {
+            return Err(SandboxError::Syscall { call: "open_tree".into(), path: src.to_path_buf(), errno });
+        }
+        return bind_legacy(src, dst, readonly);
+    }
+    let fd = fd as libc::c_int;
+    let result = (|| {
+        if readonly {
+            let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+            let empty = c"";
+            // SAFETY: fd is an open mount fd; attr is a valid mount_attr of the given size.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    fd,
+                    empty.as_ptr(),
+                    (libc::AT_EMPTY_PATH as libc::c_uint) | AT_RECURSIVE,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                )
+            };
+            if r < 0 {
+                return Err(SandboxError::Syscall {
+                    call: "mount_setattr".into(),
+                    path: dst.to_path_buf(),
+                    errno: nix::Error::last(),
+                });
+            }
+        }
+        let empty = c"";
+        // SAFETY: fd is an open mount fd and cdst a valid path.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                cdst.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(SandboxError::Syscall {
+                call: "move_mount".into(),
+                path: dst.to_path_buf(),
+                errno: nix::Error::last(),
+            });
+        }
+        Ok(())
+    })();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    result
+}
+
+fn bind_legacy(src: &Path, dst: &Path, readonly: bool) -> Result<(), SandboxError> {
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(err("mount", dst))?;
+    if readonly {
+        mount(
+            None::<&str>,
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(err("remount read-only", dst))?;
+    }
+    Ok(())
 }
 
 fn is_tmp(dst: &Path) -> bool {
@@ -366,9 +429,9 @@ impl FsOp {
                         // Put the symlink elsewhere and mount it over the existing file.
                         let tmp = PathBuf::from("/symlink");
                         std::os::unix::fs::symlink(target, &tmp).map_err(ioerr("symlink", &tmp))?;
-                        mount(Some(&tmp), &d, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                            .map_err(err("mount", &d))?;
+                        let r = bind(&tmp, &d, false);
                         let _ = std::fs::remove_file(&tmp);
+                        r?;
                     }
                     Err(e) => return Err(ioerr("symlink", &d)(e)),
                 }

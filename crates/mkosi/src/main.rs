@@ -31,7 +31,12 @@ fn report(e: &anyhow::Error) -> u8 {
     }
     let color = std::io::stderr().is_terminal();
     let (red, reset) = if color { ("\x1b[31;1m", "\x1b[0m") } else { ("", "") };
-    if let Some(ce) = e.downcast_ref::<mkosi_config::Error>() {
+    if let Some(be) = e.downcast_ref::<mkosi_build::BuildError>() {
+        eprintln!("{red}‣ {be}{reset}");
+        if let Some(h) = be.hint_text() {
+            eprintln!("{red}‣ ({h}){reset}");
+        }
+    } else if let Some(ce) = e.downcast_ref::<mkosi_config::Error>() {
         eprintln!("{red}‣ {ce}{reset}");
         if let Some(h) = &ce.hint {
             eprintln!("{red}‣ ({h}){reset}");

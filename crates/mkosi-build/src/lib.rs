@@ -1,0 +1,179 @@
+//! The mkosi build pipeline.
+//!
+//! [`build`] runs the `build` verb for a parsed configuration: it checks
+//! whether outputs exist, becomes root in a user namespace when needed,
+//! prepares caches and a workspace, and builds every image in order
+//! ([`pipeline::build_image`]), each as a list of named, timed steps.
+
+pub mod context;
+pub mod error;
+pub mod log;
+pub mod outputs;
+pub mod pipeline;
+pub mod scripts;
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+
+use mkosi_config::summary::user_cache_dir;
+use mkosi_config::{Args, Config, Host};
+
+pub use error::{BuildError, Result};
+
+use crate::context::Context;
+use crate::error::io;
+
+/// `WorkspaceDirectory=` or its default.
+pub fn workspace_dir(config: &Config, host: &Host) -> PathBuf {
+    mkosi_config::summary::workspace_dir_or_default(config, host)
+}
+
+/// `PackageCacheDirectory=` or its default (`<cache>/mkosi/<distro>~<release>~<arch>`).
+pub fn package_cache_dir(config: &Config, host: &Host) -> PathBuf {
+    config.path("PackageCacheDirectory").unwrap_or_else(|| {
+        user_cache_dir(host).join("mkosi").join(format!(
+            "{}~{}~{}",
+            config.distribution(),
+            config.release(),
+            config.architecture()
+        ))
+    })
+}
+
+/// Whether the main output of `config` exists in `outdir`.
+fn output_exists(config: &Config, outdir: &Path) -> bool {
+    std::fs::symlink_metadata(outdir.join(config.output_with_compression())).is_ok()
+}
+
+/// Remove the outputs of an image from the output directory.
+pub fn clean_outputs(config: &Config, outdir: &Path) -> Result<()> {
+    let paths: Vec<PathBuf> = outputs::output_names(config).into_iter().map(|n| outdir.join(n)).collect();
+    tree::rmtree(&paths)
+}
+
+/// A temporary directory removed when dropped (unless kept for debugging).
+struct Workspace {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Workspace {
+    fn new(parent: &Path, keep: bool) -> Result<Workspace> {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        for _ in 0..100 {
+            let n: u64 = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            let path = parent.join(format!("mkosi-workspace-{:x}{:x}", std::process::id(), n & 0xffffff));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                        .map_err(io("chmod", &path))?;
+                    return Ok(Workspace { path, keep });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("creating", &path)(e)),
+            }
+        }
+        Err(BuildError::msg(format!("Could not create a workspace in {}", parent.display())))
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if self.keep {
+            log::info(&format!("Workspace: {}", self.path.display()));
+            return;
+        }
+        let _ = tree::rmtree(std::slice::from_ref(&self.path));
+    }
+}
+
+/// Run the `build` verb. `cwd` is the invocation directory (after `-C`).
+pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<()> {
+    let Some(last) = images.last() else { return Ok(()) };
+    log::set_timing(args.debug_timing);
+    mkosi_sandbox::run::set_debug(args.debug);
+
+    let outdir = last.output_dir_or_cwd(cwd);
+    if args.force == 0 && output_exists(last, &outdir) {
+        log::info(&format!(
+            "Output path {} exists already. (Use --force to rebuild.)",
+            outdir.join(last.output_with_compression()).display()
+        ));
+        return Ok(());
+    }
+
+    // Everything below runs as root, in a user namespace when we are not root.
+    mkosi_sandbox::userns::become_root(host.user_name())?;
+
+    for config in images {
+        let dir = config.output_dir_or_cwd(cwd);
+        if args.force > 0 {
+            clean_outputs(config, &dir)?;
+        }
+    }
+
+    let pkgcache = package_cache_dir(last, host);
+    for d in [outdir.clone(), pkgcache.join("cache/apt/archives/partial"), pkgcache.join("lib/apt/lists/partial")] {
+        std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
+    }
+    let metadata_dir = match last.path("CacheDirectory") {
+        Some(dir) => {
+            let m = dir.join(format!(
+                "{}.metadata.cache",
+                last.expand_key_specifiers(last.str("CacheKey").unwrap_or("&d~&r~&a~&I"))
+            ));
+            for d in [m.join("cache/apt"), m.join("lib/apt/lists/partial")] {
+                std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
+            }
+            m
+        }
+        // Without a cache directory the metadata lives next to the package
+        // cache, so repeated builds only fetch what changed.
+        None => pkgcache.clone(),
+    };
+
+    let run_dir = Workspace::new(&workspace_dir(last, host), args.debug_workspace)?;
+    let package_dir = run_dir.path.join("packages");
+    std::fs::create_dir_all(&package_dir).map_err(io("creating", &package_dir))?;
+
+    for config in images {
+        if config.output_format() == mkosi_config::enums::OutputFormat::None && config.list("BuildScripts").is_empty() {
+            continue;
+        }
+        let ws = Workspace::new(&run_dir.path, args.debug_workspace)?;
+        let mut ctx = Context::new(
+            args,
+            config,
+            host,
+            ws.path.clone(),
+            metadata_dir.clone(),
+            pkgcache.clone(),
+            package_dir.clone(),
+            cwd.to_path_buf(),
+        )?;
+        pipeline::build_image(&mut ctx)?;
+        if args.debug_timing {
+            log::info(&format!("Step durations for image {}:\n{}", config.image(), ctx.timings.report()));
+        }
+        let out = config.output_dir_or_cwd(cwd).join(config.output_with_compression());
+        log::info(&format!("{} ({})", out.display(), human_size(&out)));
+    }
+    Ok(())
+}
+
+fn human_size(p: &Path) -> String {
+    fn size(p: &Path) -> u64 {
+        let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
+        if md.is_dir() {
+            std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| size(&e.path())).sum()).unwrap_or(0)
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            md.blocks() * 512
+        }
+    }
+    mkosi_config::summary::format_bytes(size(p) as i64)
+}

@@ -1,0 +1,211 @@
+//! Turning the finished root into the configured output and moving the
+//! artifacts into the output directory.
+
+use std::path::{Path, PathBuf};
+
+use mkosi_config::enums::OutputFormat;
+use mkosi_formats::compress::{Algorithm, Compressor};
+use mkosi_formats::cpio::{self, CpioOptions};
+use mkosi_sandbox::run::{self, Cmd, Sink};
+use mkosi_sandbox::FsOp;
+
+use crate::context::Context;
+use crate::error::{io, BuildError, Result};
+use crate::tree;
+
+/// Every file name a build of `config` may produce (used to clean up before rebuilding).
+pub fn output_names(config: &mkosi_config::Config) -> Vec<String> {
+    let o = config.output();
+    let mut names = vec![o.to_string(), config.output_with_format(), config.output_with_compression()];
+    for suffix in [
+        "efi",
+        "vmlinuz",
+        "initrd",
+        "pcrs",
+        "roothash",
+        "osrelease",
+        "kernel-modules-initrd",
+        "repart.d",
+        "nspawn",
+        "SHA256SUMS",
+        "SHA256SUMS.gpg",
+        "manifest",
+        "changelog",
+        "efinvramstate",
+        "tpmstate",
+    ] {
+        names.push(format!("{o}.{suffix}"));
+    }
+    let mut tar = format!("{o}.tar");
+    let c = config.compress_output();
+    if !c.is_none() {
+        tar.push('.');
+        tar.push_str(c.extension());
+    }
+    names.push(tar);
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn compression(ctx: &Context) -> Result<Algorithm> {
+    Algorithm::from_setting(ctx.config.compress_output().as_str()).map_err(BuildError::msg)
+}
+
+/// Write a tar archive of the root (GNU tar, reproducible: sorted, no
+/// atime/ctime, owners from the image's passwd).
+fn make_tar(ctx: &Context, dst: &Path) -> Result<()> {
+    let root = ctx.root();
+    let mut argv: Vec<String> = [
+        "tar",
+        "--create",
+        "--file",
+        "-",
+        "--directory",
+        "/buildroot",
+        "--acls",
+        "--selinux",
+        "--xattrs",
+        "--pax-option=delete=atime,delete=ctime,delete=mtime",
+        "--sort=name",
+        "--sparse",
+        "--force-local",
+        "--exclude",
+        "./dev/*",
+        "--exclude",
+        "./proc/*",
+        "--exclude",
+        "./sys/*",
+        "--exclude",
+        "./tmp/*",
+        "--exclude",
+        "./run/*",
+        "--exclude",
+        "./var/tmp/*",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        argv.extend(["--owner=root:0".to_string(), "--group=root:0".to_string()]);
+    }
+    argv.push(".".into());
+    let mut options = ctx.sandbox(false, false)?;
+    options.ops.push(FsOp::Bind {
+        src: root.clone(),
+        dst: "/buildroot".into(),
+        readonly: true,
+        required: true,
+        relative: false,
+        nofollow: false,
+    });
+    for f in ["passwd", "group", "shadow", "gshadow"] {
+        options.ops.push(FsOp::Symlink { target: Path::new("/buildroot/etc").join(f), dst: Path::new("/etc").join(f) });
+    }
+    run::run(&Cmd::new(argv).sandbox(options).stdout(Sink::File(dst.to_path_buf())))?;
+    Ok(())
+}
+
+fn make_cpio(ctx: &Context, dst: &Path) -> Result<()> {
+    let root = ctx.root();
+    let mut f = std::fs::File::create(dst).map_err(io("creating", dst))?;
+    // SAFETY: getuid has no preconditions.
+    let owner_root = unsafe { libc::getuid() } != 0;
+    cpio::write_tree(&root, &mut f, CpioOptions { owner_root, mtime_clamp: None })
+        .map_err(|e| BuildError::msg(e.to_string()))?;
+    Ok(())
+}
+
+/// Compress `src` into `dst` (in place semantics: `src` is removed).
+pub fn compress_file(src: &Path, dst: &Path, algorithm: Algorithm, level: i32) -> Result<()> {
+    if algorithm == Algorithm::None {
+        if src != dst {
+            std::fs::rename(src, dst).map_err(io("renaming", src))?;
+        }
+        return Ok(());
+    }
+    let tmp = dst.with_extension("tmp-compress");
+    {
+        let mut input = std::fs::File::open(src).map_err(io("opening", src))?;
+        let out = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        let mut c = Compressor::new(std::io::BufWriter::new(out), algorithm, level).map_err(io("compressing", src))?;
+        std::io::copy(&mut input, &mut c).map_err(io("compressing", src))?;
+        c.finish().map_err(io("compressing", src))?;
+    }
+    std::fs::remove_file(src).map_err(io("removing", src))?;
+    std::fs::rename(&tmp, dst).map_err(io("renaming", &tmp))?;
+    Ok(())
+}
+
+/// Produce the format-specific output in the staging directory, then
+/// compression, checksums and the `Output` symlink.
+pub fn make_output(ctx: &Context) -> Result<()> {
+    let c = ctx.config;
+    let staging = ctx.staging();
+    let with_format = staging.join(c.output_with_format());
+    match c.output_format() {
+        OutputFormat::Directory => {
+            std::fs::rename(ctx.root(), &with_format).map_err(io("moving the root to", &with_format))?;
+        }
+        OutputFormat::Tar => make_tar(ctx, &with_format)?,
+        OutputFormat::Cpio => make_cpio(ctx, &with_format)?,
+        OutputFormat::None => return Ok(()),
+        other => return Err(BuildError::msg(format!("Format={other} is not implemented yet"))),
+    }
+
+    if c.output_format().use_outer_compression() {
+        let algorithm = compression(ctx)?;
+        let dst = staging.join(c.output_with_compression());
+        let level = c.int("CompressLevel").unwrap_or(3) as i32;
+        compress_file(&with_format, &dst, algorithm, level)?;
+    }
+
+    if c.bool("Checksum") {
+        let sums = mkosi_formats::checksum::sha256sums(&staging).map_err(io("checksumming", &staging))?;
+        let p = staging.join(format!("{}.SHA256SUMS", c.output()));
+        std::fs::write(&p, sums).map_err(io("writing", &p))?;
+    }
+
+    let base = staging.join(c.output());
+    if std::fs::symlink_metadata(&base).is_err() {
+        std::os::unix::fs::symlink(c.output_with_compression(), &base).map_err(io("creating", &base))?;
+    }
+    Ok(())
+}
+
+/// Move everything from staging into the output directory, replacing older artifacts.
+pub fn finalize_staging(ctx: &Context) -> Result<()> {
+    let outdir = ctx.output_dir();
+    std::fs::create_dir_all(&outdir).map_err(io("creating", &outdir))?;
+    let staging = ctx.staging();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&staging)
+        .map_err(io("reading", &staging))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    let existing: Vec<PathBuf> = entries.iter().filter_map(|e| e.file_name()).map(|n| outdir.join(n)).collect();
+    tree::rmtree(&existing)?;
+    for f in entries {
+        let Some(name) = f.file_name() else { continue };
+        let dst = outdir.join(name);
+        let md = std::fs::symlink_metadata(&f).map_err(io("reading", &f))?;
+        if md.is_symlink() {
+            let target = std::fs::read_link(&f).map_err(io("reading", &f))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(io("creating", &dst))?;
+            continue;
+        }
+        if md.is_file() {
+            if let Some(mode) = ctx.config.int("OutputMode") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode as u32)).map_err(io("chmod", &f))?;
+            }
+        }
+        if std::fs::rename(&f, &dst).is_err() {
+            // Different file systems: copy, then remove.
+            tree::copy_tree(&f, &dst, true)?;
+            tree::rmtree(std::slice::from_ref(&f))?;
+        }
+    }
+    Ok(())
+}

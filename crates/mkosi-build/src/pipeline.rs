@@ -1,0 +1,365 @@
+//! The steps of one image build, in upstream's order. Each step is named
+//! and timed; a failure names the step it happened in.
+
+use std::path::{Path, PathBuf};
+
+use mkosi_config::enums::{Feature, OutputFormat};
+use mkosi_distro::apt::Apt;
+use mkosi_distro::PmEnv;
+
+use crate::context::Context;
+use crate::error::{io, BuildError, Result};
+use crate::tree;
+use crate::{log, outputs};
+
+/// Settings whose effect is not implemented yet: using them fails the build
+/// instead of being silently ignored.
+pub fn unsupported_settings(ctx: &Context) -> Vec<String> {
+    let c = ctx.config;
+    let mut out = Vec::new();
+    let nonempty = |f: &str| !c.list(f).is_empty();
+    for f in [
+        "PrepareScripts",
+        "BuildScripts",
+        "PostInstallationScripts",
+        "FinalizeScripts",
+        "PostOutputScripts",
+        "SyncScripts",
+        "ConfigureScripts",
+        "CleanScripts",
+        "BaseTrees",
+        "BuildPackages",
+        "VolatilePackages",
+        "PackageDirectories",
+        "VolatilePackageDirectories",
+        "ManifestFormat",
+        "Credentials",
+    ] {
+        if nonempty(f) {
+            out.push(format!("{f}="));
+        }
+    }
+    for f in ["Hostname", "Locale", "LocaleMessages", "Keymap", "Timezone", "RootPassword", "RootShell"] {
+        if !c.get(f).is_null() {
+            out.push(format!("{f}="));
+        }
+    }
+    for f in ["Autologin", "MakeInitrd", "Overlay", "Sign"] {
+        if c.bool(f) {
+            out.push(format!("{f}=yes"));
+        }
+    }
+    if c.incremental() != mkosi_config::enums::Incremental::No {
+        out.push("Incremental=".into());
+    }
+    out
+}
+
+/// The output formats this version can produce.
+pub fn format_supported(format: OutputFormat) -> bool {
+    matches!(format, OutputFormat::Directory | OutputFormat::Tar | OutputFormat::Cpio | OutputFormat::None)
+}
+
+fn pm_env(ctx: &Context) -> Result<PmEnv> {
+    Ok(PmEnv {
+        root: ctx.root(),
+        sandbox_tree: ctx.sandbox_tree(),
+        metadata_dir: ctx.metadata_dir.clone(),
+        package_cache_dir: ctx.package_cache_dir.clone(),
+        repository: ctx.repository(),
+        base: ctx.sandbox(true, false)?,
+        environment: ctx.environment(),
+    })
+}
+
+/// Copy the user's sandbox trees and the host files tools need into the sandbox tree.
+pub fn install_sandbox_trees(ctx: &Context) -> Result<()> {
+    let dst = ctx.sandbox_tree();
+    let etc = dst.join("etc");
+    std::fs::create_dir_all(&etc).map_err(io("creating", &etc))?;
+    for (src, target) in ctx.config.trees("SandboxTrees") {
+        tree::install_tree(&src, &dst, target.as_deref(), false)?;
+    }
+    for f in ["passwd", "group"] {
+        let host = Path::new("/etc").join(f);
+        if host.exists() {
+            std::fs::copy(&host, etc.join(f)).map_err(io("copying", &host))?;
+        }
+    }
+    let mtab = etc.join("mtab");
+    if std::fs::read_link(&mtab).is_err() {
+        let _ = std::fs::remove_file(&mtab);
+        std::os::unix::fs::symlink("../proc/self/mounts", &mtab).map_err(io("creating", &mtab))?;
+    }
+    let resolv = etc.join("resolv.conf");
+    let _ = std::fs::remove_file(&resolv);
+    std::fs::write(&resolv, b"").map_err(io("creating", &resolv))?;
+    let nss = etc.join("nsswitch.conf");
+    if !nss.exists() {
+        std::fs::write(
+            &nss,
+            "passwd:     files\nshadow:     files\ngroup:      files\nhosts:      files myhostname resolve [!UNAVAIL=return] dns\n\
+             services:   files\nnetgroup:   files\nautomount:  files\n\naliases:    files\nethers:     files\n\
+             gshadow:    files\nnetworks:   files dns\nprotocols:  files\npublickey:  files\nrpc:        files\n",
+        )
+        .map_err(io("writing", &nss))?;
+    }
+    let hosts = etc.join("hosts");
+    if !hosts.exists() && Path::new("/etc/hosts").exists() {
+        std::fs::copy("/etc/hosts", &hosts).map_err(io("copying", "/etc/hosts"))?;
+    }
+    for d in ["pki/ca-trust", "pki/tls", "ssl", "ca-certificates", "pacman.d/gnupg", "alternatives"] {
+        std::fs::create_dir_all(etc.join(d)).map_err(io("creating", etc.join(d)))?;
+    }
+    for f in ["passwd", "group", "shadow", "gshadow", "ld.so.cache"] {
+        let p = etc.join(f);
+        if !p.exists() {
+            std::fs::write(&p, b"").map_err(io("creating", &p))?;
+        }
+    }
+    Ok(())
+}
+
+fn install_skeleton_trees(ctx: &Context) -> Result<()> {
+    for (src, target) in ctx.config.trees("SkeletonTrees") {
+        tree::install_tree(&src, &ctx.root(), target.as_deref(), false)?;
+    }
+    Ok(())
+}
+
+fn install_extra_trees(ctx: &Context) -> Result<()> {
+    for (src, target) in ctx.config.trees("ExtraTrees") {
+        if !src.exists() {
+            return Err(BuildError::msg(format!("Extra tree {} does not exist", src.display())));
+        }
+        tree::install_tree(&src, &ctx.root(), target.as_deref(), false)?;
+    }
+    Ok(())
+}
+
+/// Bootstrap the distribution and install `Packages=`.
+fn install_distribution(ctx: &Context) -> Result<()> {
+    let root = ctx.root();
+    let packages = ctx.config.strings("Packages");
+    match mkosi_distro::package_manager(ctx.config)? {
+        "custom" => {}
+        _ => {
+            let env = pm_env(ctx)?;
+            let apt = Apt::new(ctx.config, &env);
+            let scratch = ctx.scratch("bootstrap")?;
+            log::step(&format!("Installing {}", ctx.config.distribution().pretty_name()));
+            apt.bootstrap(&scratch)?;
+        }
+    }
+
+    let machine_id = root.join("etc/machine-id");
+    std::fs::create_dir_all(root.join("etc")).map_err(io("creating", root.join("etc")))?;
+    let id = match ctx.config.str("MachineId") {
+        Some(u) => u.replace('-', "") + "\n",
+        None => "uninitialized\n".to_string(),
+    };
+    std::fs::write(&machine_id, id).map_err(io("writing", &machine_id))?;
+
+    for (d, mode) in [("efi", 0o500), ("boot", 0o500), ("boot/loader", 0o700)] {
+        let p = root.join(d);
+        if !p.exists() {
+            std::fs::create_dir_all(&p).map_err(io("creating", &p))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &p))?;
+        }
+    }
+    let srel = root.join("boot/loader/entries.srel");
+    if !srel.exists() {
+        std::fs::write(&srel, "type1\n").map_err(io("writing", &srel))?;
+    }
+
+    if !packages.is_empty() && ctx.config.distribution() != mkosi_config::enums::Distribution::Custom {
+        let env = pm_env(ctx)?;
+        log::step(&format!("Installing packages: {}", packages.join(" ")));
+        Apt::new(ctx.config, &env).install(&packages, true, false)?;
+    }
+
+    for f in [
+        "var/lib/systemd/random-seed",
+        "var/lib/systemd/credential.secret",
+        "etc/machine-info",
+        "var/lib/dbus/machine-id",
+    ] {
+        let p = root.join(f);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            std::fs::remove_file(&p).map_err(io("removing", &p))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_packages(ctx: &Context) -> Result<()> {
+    let packages = ctx.config.strings("RemovePackages");
+    if packages.is_empty() || ctx.config.distribution() == mkosi_config::enums::Distribution::Custom {
+        return Ok(());
+    }
+    let env = pm_env(ctx)?;
+    Apt::new(ctx.config, &env).remove(&packages)?;
+    Ok(())
+}
+
+fn check_root_populated(ctx: &Context) -> Result<()> {
+    let format = ctx.config.output_format();
+    if format == OutputFormat::None || format.is_extension_or_portable_image() {
+        return Ok(());
+    }
+    let root = ctx.root();
+    if !root.join("usr/lib/os-release").exists() && !root.join("etc/os-release").exists() {
+        return Err(BuildError::hint(
+            "usr/lib/os-release not found in image",
+            "The root does not look like an operating system tree; check Packages= and the skeleton/extra trees",
+        ));
+    }
+    Ok(())
+}
+
+/// Remove package manager databases and caches when configured (or when
+/// the package manager is not part of the image).
+fn clean_package_metadata(ctx: &Context) -> Result<()> {
+    let c = ctx.config;
+    let setting: Feature = c.str("CleanPackageMetadata").and_then(|s| s.parse().ok()).unwrap_or(Feature::Auto);
+    if setting == Feature::Disabled {
+        return Ok(());
+    }
+    if setting == Feature::Auto && matches!(c.output_format(), OutputFormat::Directory | OutputFormat::Tar) {
+        return Ok(());
+    }
+    let root = ctx.root();
+    let has = |tool: &str| mkosi_sandbox::run::find_binary(tool, &root).is_some();
+    let mut remove: Vec<PathBuf> = Vec::new();
+    for (tool, paths) in [
+        ("rpm", &["var/lib/rpm", "usr/lib/sysimage/rpm"][..]),
+        ("dnf5", &["usr/lib/sysimage/libdnf5"]),
+        ("dpkg", &["var/lib/dpkg"]),
+        ("apt-get", &["var/lib/apt", "var/cache/apt"]),
+    ] {
+        if setting == Feature::Enabled || !has(tool) {
+            remove.extend(paths.iter().map(|p| root.join(p)).filter(|p| p.exists()));
+        }
+    }
+    tree::rmtree(&remove)
+}
+
+/// `RemoveFiles=`: globs relative to the image root.
+fn remove_files(ctx: &Context) -> Result<()> {
+    let globs = ctx.config.strings("RemoveFiles");
+    if globs.is_empty() {
+        return Ok(());
+    }
+    let root = ctx.root();
+    let mut remove = Vec::new();
+    for g in globs {
+        remove.extend(tree::path_glob(&root, g.trim_start_matches('/')));
+    }
+    tree::rmtree(&remove)
+}
+
+/// Clamp modification times to `SourceDateEpoch=`.
+pub fn normalize_mtime(root: &Path, epoch: Option<i64>) -> Result<()> {
+    let Some(epoch) = epoch else { return Ok(()) };
+    fn walk(p: &Path, epoch: i64) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(p)?;
+        if md.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), epoch)?;
+            }
+        }
+        if md.mtime() > epoch || md.atime() > epoch {
+            let ts = libc::timespec { tv_sec: epoch, tv_nsec: 0 };
+            let times = [ts, ts];
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            // SAFETY: valid path and two timespecs; AT_SYMLINK_NOFOLLOW touches links themselves.
+            let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+    walk(root, epoch).map_err(io("clamping modification times in", root))
+}
+
+/// Build one image into its staging directory and move the outputs into place.
+pub fn build_image(ctx: &mut Context) -> Result<()> {
+    let config = ctx.config;
+    log::header(&format!("Building {} image", config.image()));
+
+    let unsupported = unsupported_settings(ctx);
+    if !unsupported.is_empty() {
+        return Err(BuildError::hint(
+            format!("Not implemented yet: {}", unsupported.join(", ")),
+            "These settings are understood but this version of mkosi cannot build them yet",
+        ));
+    }
+    if !format_supported(config.output_format()) {
+        return Err(BuildError::msg(format!("Format={} is not implemented yet", config.output_format())));
+    }
+    mkosi_distro::package_manager(config)?;
+
+    let mut timings = std::mem::take(&mut ctx.timings);
+    let r = (|| -> Result<()> {
+        timings
+            .step("Copying in sandbox trees", || install_sandbox_trees(ctx))
+            .map_err(|e| e.in_step("Copying in sandbox trees"))?;
+        let root = ctx.root();
+        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod", &root))?;
+
+        if mkosi_distro::package_manager(config)? == "apt" {
+            let env = pm_env(ctx)?;
+            let apt = Apt::new(config, &env);
+            timings
+                .step("Setting up the package manager", || apt.setup())
+                .map_err(|e| BuildError::from(e).in_step("Setting up the package manager"))?;
+            timings
+                .step("Syncing package manager metadata", || {
+                    log::step("Syncing package manager metadata");
+                    apt.sync()
+                })
+                .map_err(|e| BuildError::from(e).in_step("Syncing package manager metadata"))?;
+        }
+
+        timings
+            .step("Copying in skeleton trees", || install_skeleton_trees(ctx))
+            .map_err(|e| e.in_step("Copying in skeleton trees"))?;
+        timings
+            .step("Installing the distribution", || install_distribution(ctx))
+            .map_err(|e| e.in_step("Installing the distribution"))?;
+        timings.step("Checking the root", || check_root_populated(ctx)).map_err(|e| e.in_step("Checking the root"))?;
+
+        if config.output_format() == OutputFormat::None {
+            return Ok(());
+        }
+
+        timings
+            .step("Copying in extra trees", || install_extra_trees(ctx))
+            .map_err(|e| e.in_step("Copying in extra trees"))?;
+        timings.step("Removing packages", || remove_packages(ctx)).map_err(|e| e.in_step("Removing packages"))?;
+        timings
+            .step("Cleaning package manager metadata", || clean_package_metadata(ctx))
+            .map_err(|e| e.in_step("Cleaning package manager metadata"))?;
+        timings.step("Removing files", || remove_files(ctx)).map_err(|e| e.in_step("Removing files"))?;
+        let work = ctx.root().join("work");
+        tree::rmtree(&[work])?;
+        timings
+            .step("Clamping modification times", || normalize_mtime(&ctx.root(), config.int("SourceDateEpoch")))
+            .map_err(|e| e.in_step("Clamping modification times"))?;
+        timings
+            .step("Generating the output", || outputs::make_output(ctx))
+            .map_err(|e| e.in_step("Generating the output"))?;
+        timings
+            .step("Moving outputs into place", || outputs::finalize_staging(ctx))
+            .map_err(|e| e.in_step("Moving outputs into place"))?;
+        Ok(())
+    })();
+    ctx.timings = timings;
+    r
+}

@@ -1,0 +1,389 @@
+//! apt/dpkg: configuration in the sandbox tree, the apt-get command line,
+//! installs, removals, metadata sync, the debootstrap-like bootstrap and
+//! local repositories.
+
+use std::path::{Path, PathBuf};
+
+use mkosi_config::enums::Feature;
+use mkosi_config::Config;
+use mkosi_sandbox::run::{self, Cmd, Sink};
+use mkosi_sandbox::{FsOp, Options};
+
+use crate::debian::{self, AptRepository};
+use crate::{io, DistroError, PmEnv, Result};
+
+/// Paths excluded from packages with `WithDocs=no`.
+pub const DOC_EXCLUDES: &[&str] =
+    &["usr/share/doc/*", "usr/share/man/*", "usr/share/groff/*", "usr/share/gtk-doc/*", "usr/share/info/*"];
+
+pub struct Apt<'a> {
+    pub config: &'a Config,
+    pub env: &'a PmEnv,
+}
+
+fn bind(src: impl Into<PathBuf>, dst: impl Into<PathBuf>, readonly: bool, required: bool) -> FsOp {
+    FsOp::Bind { src: src.into(), dst: dst.into(), readonly, required, relative: false, nofollow: false }
+}
+
+/// API file systems inside the image root for maintainer scripts.
+pub fn apivfs_ops(root: &Path) -> Vec<FsOp> {
+    vec![
+        FsOp::Tmpfs { dst: root.join("run") },
+        FsOp::Tmpfs { dst: root.join("tmp") },
+        bind("/proc", root.join("proc"), false, true),
+        FsOp::Dev { dst: root.join("dev"), tty: None },
+        FsOp::Dir { dst: root.join("run/user/0") },
+        FsOp::Write { data: b"mkosi".to_vec(), dst: root.join("run/host/container-manager") },
+    ]
+}
+
+impl<'a> Apt<'a> {
+    pub fn new(config: &'a Config, env: &'a PmEnv) -> Apt<'a> {
+        Apt { config, env }
+    }
+
+    fn arch(&self) -> Result<String> {
+        crate::architecture(self.config.distribution(), self.config.architecture())
+    }
+
+    /// Write apt's configuration into the sandbox tree (unless the user's
+    /// sandbox trees already provide `mkosi.sources`).
+    pub fn setup(&self) -> Result<()> {
+        let tree = &self.env.sandbox_tree;
+        for d in ["etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d"] {
+            std::fs::create_dir_all(tree.join(d)).map_err(io("creating", tree.join(d)))?;
+        }
+        let conf = tree.join("etc/apt.conf");
+        if !conf.exists() {
+            std::fs::write(&conf, "Dir::Etc \"/etc/apt\";\n").map_err(io("writing", &conf))?;
+        }
+        let sources = tree.join("etc/apt/sources.list.d/mkosi.sources");
+        if !sources.exists() {
+            let repos = debian::repositories(self.config, false);
+            let mut text = String::new();
+            for r in &repos {
+                if let Some(key) = &r.signed_by {
+                    if !key.exists() && !tree.join(key.strip_prefix("/").unwrap_or(key)).exists() {
+                        return Err(DistroError::Config(format!(
+                            "Keyring for repo {} not found at {} (install the debian-archive-keyring, \
+                             ubuntu-keyring or kali-archive-keyring package)",
+                            r.url,
+                            key.display()
+                        )));
+                    }
+                }
+                text.push_str(&r.render());
+            }
+            std::fs::write(&sources, text).map_err(io("writing", &sources))?;
+        }
+        Ok(())
+    }
+
+    /// The environment of apt runs.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let mut env = self.env.environment.clone();
+        let has = |env: &Vec<(String, String)>, k: &str| env.iter().any(|(n, _)| n == k);
+        let mut set = |k: &str, v: &str| {
+            env.retain(|(n, _)| n != k);
+            env.push((k.to_string(), v.to_string()));
+        };
+        set("HOME", "/");
+        set("SYSTEMD_IN_CHROOT", "1");
+        set("APT_CONFIG", "/etc/apt.conf");
+        set("DEBIAN_FRONTEND", "noninteractive");
+        set("DEBCONF_INTERACTIVE_SEEN", "true");
+        let base = &self.env.environment;
+        if !has(base, "SYSTEMD_HWDB_UPDATE_BYPASS") {
+            set("SYSTEMD_HWDB_UPDATE_BYPASS", "1");
+        }
+        if self.config.bootable() != Feature::Disabled {
+            if !has(base, "KERNEL_INSTALL_BYPASS") {
+                set("KERNEL_INSTALL_BYPASS", "1");
+            }
+            if !has(base, "INITRD") {
+                set("INITRD", "No");
+            }
+        } else {
+            set("BOOT_ROOT", "/boot");
+            set("BOOT_MNT", "/boot");
+            set("hostonly_l", "no");
+        }
+        env
+    }
+
+    /// `apt-get` (or `command`) with the options mkosi always passes.
+    pub fn cmd(&self, command: &str) -> Result<Vec<String>> {
+        let arch = self.arch()?;
+        let dpkg = run::find_binary("dpkg", Path::new("/")).unwrap_or_else(|| PathBuf::from("/usr/bin/dpkg"));
+        let mut c: Vec<String> = vec![command.to_string()];
+        let mut o = |s: String| {
+            c.push("-o".into());
+            c.push(s);
+        };
+        o(format!("APT::Architecture={arch}"));
+        o(format!("APT::Architectures={arch}"));
+        o(format!("APT::Install-Recommends={}", self.config.bool("WithRecommends")));
+        for opt in [
+            "APT::Immediate-Configure=off",
+            "APT::Get::Assume-Yes=true",
+            "APT::Get::AutomaticRemove=true",
+            "APT::Get::Allow-Change-Held-Packages=true",
+            "APT::Get::Allow-Remove-Essential=true",
+            "APT::Sandbox::User=root",
+            "Acquire::AllowReleaseInfoChange=true",
+            "Acquire::Check-Valid-Until=false",
+            "Dir::Cache=/var/cache/apt",
+            "Dir::State=/buildroot/var/lib/apt",
+            "Dir::State::lists=/var/lib/apt/lists/",
+            "Dir::Log=/var/log/apt",
+            "Dir::State::Status=/buildroot/var/lib/dpkg/status",
+        ] {
+            o(opt.to_string());
+        }
+        o(format!("Dir::Bin::DPkg={}", dpkg.display()));
+        for opt in [
+            "Debug::NoLocking=true",
+            "DPkg::Options::=--root=/buildroot",
+            "DPkg::Options::=--force-unsafe-io",
+            "DPkg::Options::=--force-architecture",
+            "DPkg::Options::=--force-depends",
+            "DPkg::Options::=--no-debsig",
+            "DPkg::Use-Pty=false",
+            "DPkg::Install::Recursive::Minimum=1000",
+            "pkgCacheGen::ForceEssential=,",
+        ] {
+            o(opt.to_string());
+        }
+        if !self.config.bool("RepositoryKeyCheck") {
+            for opt in [
+                "Acquire::AllowInsecureRepositories=true",
+                "Acquire::AllowDowngradeToInsecureRepositories=true",
+                "APT::Get::AllowUnauthenticated=true",
+            ] {
+                o(opt.to_string());
+            }
+        }
+        if !self.config.bool("WithDocs") {
+            for g in DOC_EXCLUDES {
+                c.push(format!("--option=DPkg::Options::=--path-exclude=/{g}"));
+            }
+            c.push("--option=DPkg::Options::=--path-include=/usr/share/doc/*/copyright".into());
+        }
+        if let Some(proxy) = self.config.str("ProxyUrl").filter(|p| !p.is_empty()) {
+            c.extend(["-o".into(), format!("Acquire::http::Proxy={proxy}")]);
+            c.extend(["-o".into(), format!("Acquire::https::Proxy={proxy}")]);
+        }
+        Ok(c)
+    }
+
+    /// The sandbox of a package manager run.
+    pub fn sandbox(&self, apivfs: bool, extra: Vec<FsOp>) -> Options {
+        let env = self.env;
+        let mut o = env.base.clone();
+        o.ops.push(bind(&env.root, "/buildroot", false, true));
+        for sub in ["var/lib/ca-certificates", "etc/pki/ca-trust", "etc/pki/tls", "etc/ssl", "etc/ca-certificates"] {
+            let p = Path::new("/").join(sub);
+            if p.is_dir() {
+                o.ops.push(bind(&p, &p, true, true));
+            }
+        }
+        o.ops.push(bind(&env.repository, "/repository", false, true));
+        if let Some(mirror) = self.config.str("LocalMirror").and_then(|m| m.strip_prefix("file://")) {
+            o.ops.push(bind(mirror, mirror, true, true));
+        }
+        o.ops.push(bind(env.metadata_dir.join("lib/apt/lists"), "/var/lib/apt/lists", false, true));
+        o.ops.push(bind(env.metadata_dir.join("cache/apt"), "/var/cache/apt", false, true));
+        if env.metadata_dir != env.package_cache_dir {
+            let archives = env.package_cache_dir.join("cache/apt/archives");
+            if archives.exists() {
+                o.ops.push(bind(archives, "/var/cache/apt/archives", false, true));
+            }
+        }
+        if apivfs {
+            o.ops.extend(apivfs_ops(Path::new("/buildroot")));
+        }
+        o.become_root = true;
+        o.suppress_chown = true;
+        o.suppress_sync = true;
+        o.ops.push(FsOp::Bind {
+            src: env.root.join("etc/machine-id"),
+            dst: "/buildroot/etc/machine-id".into(),
+            readonly: true,
+            required: false,
+            relative: false,
+            nofollow: false,
+        });
+        o.ops.push(FsOp::Dir { dst: "/run/user/0".into() });
+        if apivfs {
+            for f in ["passwd", "group", "shadow", "gshadow"] {
+                o.ops.push(FsOp::Symlink {
+                    target: Path::new("/buildroot/etc").join(f),
+                    dst: Path::new("/etc").join(f),
+                });
+            }
+        }
+        o.ops.extend(extra);
+        o
+    }
+
+    /// Run `apt-get OPERATION ARGUMENTS…` on the image.
+    pub fn invoke(
+        &self,
+        operation: &str,
+        arguments: &[String],
+        apivfs: bool,
+        extra: Vec<FsOp>,
+        stdout: Sink,
+    ) -> Result<()> {
+        self.invoke_with(operation, arguments, apivfs, extra, stdout, false)
+    }
+
+    fn invoke_with(
+        &self,
+        operation: &str,
+        arguments: &[String],
+        apivfs: bool,
+        extra: Vec<FsOp>,
+        stdout: Sink,
+        quiet: bool,
+    ) -> Result<()> {
+        let root = &self.env.root;
+        let dpkg = root.join("var/lib/dpkg");
+        std::fs::create_dir_all(&dpkg).map_err(io("creating", &dpkg))?;
+        for f in ["status", "available"] {
+            let p = dpkg.join(f);
+            if !p.exists() {
+                std::fs::write(&p, b"").map_err(io("creating", &p))?;
+            }
+        }
+        let mut argv = self.cmd("apt-get")?;
+        argv.push(operation.to_string());
+        argv.extend(arguments.iter().cloned());
+        let mut cmd = Cmd::new(argv).sandbox(self.sandbox(apivfs, extra)).env(self.environment()).stdout(stdout);
+        cmd.quiet = quiet;
+        run::run(&cmd)?;
+        Ok(())
+    }
+
+    /// `apt-get update`.
+    pub fn sync(&self) -> Result<()> {
+        self.invoke("update", &[], false, vec![], Sink::Inherit)
+    }
+
+    /// Install packages (with daemons kept from starting by `policy-rc.d`).
+    pub fn install(&self, packages: &[String], apivfs: bool, allow_downgrade: bool) -> Result<()> {
+        let root = &self.env.root;
+        let policy = root.join("usr/sbin/policy-rc.d");
+        if let Some(parent) = policy.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        std::fs::write(&policy, "#!/bin/sh\nexit 101\n").map_err(io("writing", &policy))?;
+        set_mode(&policy, 0o644)?;
+        let mut args = Vec::new();
+        if allow_downgrade {
+            args.push("--allow-downgrades".to_string());
+        }
+        args.extend(packages.iter().cloned());
+        let r = self.invoke("install", &args, apivfs, vec![], Sink::Inherit);
+        let _ = std::fs::remove_file(&policy);
+        r?;
+        let _ = std::fs::remove_file(root.join("etc/systemd/system-generators/systemd-gpt-auto-generator"));
+        if packages.iter().any(|p| p == "apt") {
+            self.install_sources_in_image()?;
+        }
+        Ok(())
+    }
+
+    /// `apt-get purge`.
+    pub fn remove(&self, packages: &[String]) -> Result<()> {
+        self.invoke("purge", packages, true, vec![], Sink::Inherit)
+    }
+
+    /// Write the image's own sources (default mirror) when apt is installed.
+    fn install_sources_in_image(&self) -> Result<()> {
+        let p = self.env.root.join(format!("etc/apt/sources.list.d/{}.sources", self.config.release()));
+        if p.exists() {
+            return Ok(());
+        }
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        let text: String = debian::repositories(self.config, true).iter().map(AptRepository::render).collect();
+        std::fs::write(&p, text).map_err(io("writing", &p))
+    }
+
+    /// Install the essential set from scratch, like debootstrap: set up
+    /// merged /usr, download the essential packages, extract them so
+    /// maintainer scripts find a shell and coreutils, then install them
+    /// properly. `workdir` is a scratch directory on the host.
+    pub fn bootstrap(&self, workdir: &Path) -> Result<Vec<String>> {
+        let root = &self.env.root;
+        let arch = self.arch()?;
+        for d in debian::merged_usr_dirs(&arch) {
+            let link = root.join(d);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("usr/{d}"), &link).map_err(io("creating", &link))?;
+            }
+            let target = root.join("usr").join(d);
+            std::fs::create_dir_all(&target).map_err(io("creating", &target))?;
+        }
+
+        let list = workdir.join("essential.list");
+        std::fs::write(&list, b"").map_err(io("creating", &list))?;
+        // With Debug::pkgDPkgPm apt only prints the dpkg calls it would make
+        // (on stderr, which is kept quiet); the hook writes the .deb paths.
+        self.invoke_with(
+            "install",
+            &[
+                "-oDebug::pkgDPkgPm=1".to_string(),
+                "-oDPkg::Pre-Install-Pkgs::=cat >/work/essential.list".to_string(),
+                format!("?essential ?architecture({arch})"),
+                "base-files".to_string(),
+            ],
+            false,
+            vec![bind(&list, "/work/essential.list", false, true)],
+            Sink::Null,
+            true,
+        )?;
+        let text = std::fs::read_to_string(&list).map_err(io("reading", &list))?;
+        let debs: Vec<PathBuf> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let p = Path::new(l);
+                if let Ok(rel) = p.strip_prefix("/var/cache") {
+                    self.env.package_cache_dir.join("cache").join(rel)
+                } else if let Ok(rel) = p.strip_prefix("/repository") {
+                    self.env.repository.join(rel)
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .collect();
+        if debs.is_empty() {
+            return Err(DistroError::Config(
+                "apt did not select any essential packages; are the repositories reachable and correct?".into(),
+            ));
+        }
+
+        crate::deb::extract_all(&debs, root, !self.config.bool("WithDocs"))?;
+
+        let names: Vec<String> = debs
+            .iter()
+            .filter_map(|d| d.file_name())
+            .map(|n| {
+                let n = n.to_string_lossy();
+                n.split('_').next().unwrap_or(&n).trim_end_matches(".deb").to_string()
+            })
+            .collect();
+        self.install(&names, true, false)?;
+        debian::fixup_os_release(root, self.config.release()).map_err(io("fixing os-release in", root))?;
+        Ok(names)
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", p))
+}

@@ -1,0 +1,164 @@
+//! Distributions and their package managers.
+//!
+//! A distribution knows its releases, mirrors, repositories, keys and
+//! architecture names; a package manager driver knows how to run the real
+//! tool (apt, dnf, …) on an image root from inside mkosi's sandbox. The build
+//! pipeline decides *when* to install; this crate decides *how*.
+
+pub mod apt;
+pub mod deb;
+pub mod debian;
+
+use std::path::PathBuf;
+
+use mkosi_config::enums::{Architecture, Distribution};
+use mkosi_config::Config;
+use mkosi_sandbox::run::RunError;
+use mkosi_sandbox::Options;
+
+/// Errors of distribution setup and package manager runs.
+#[derive(Debug, thiserror::Error)]
+pub enum DistroError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: String, path: PathBuf, source: std::io::Error },
+    #[error("{0} is not implemented yet for this distribution")]
+    NotImplemented(String),
+}
+
+pub type Result<T, E = DistroError> = std::result::Result<T, E>;
+
+pub(crate) fn io(what: &str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DistroError {
+    let (what, path) = (what.to_string(), path.into());
+    move |source| DistroError::Io { what, path, source }
+}
+
+/// Everything a package manager run needs besides the configuration: where
+/// the image, the sandbox tree and the caches are on the host, and the base
+/// sandbox (tools, `/etc` from the sandbox tree, network) to start from.
+#[derive(Debug, Clone)]
+pub struct PmEnv {
+    /// The image root on the host (mounted at `/buildroot`).
+    pub root: PathBuf,
+    /// Files overlaid on the sandbox's `/etc`, `/var`… (package manager configuration).
+    pub sandbox_tree: PathBuf,
+    /// Repository metadata: `<dir>/lib/<pm>/…` and `<dir>/cache/<pm>/…`.
+    pub metadata_dir: PathBuf,
+    /// The persistent package download cache (`PackageCacheDirectory=`).
+    pub package_cache_dir: PathBuf,
+    /// The local package repository (mounted at `/repository`).
+    pub repository: PathBuf,
+    /// The base sandbox for commands that need the network.
+    pub base: Options,
+    /// The environment for package manager runs (`Environment=` etc.).
+    pub environment: Vec<(String, String)>,
+}
+
+/// The distribution's name for an architecture (`$DISTRIBUTION_ARCHITECTURE`).
+pub fn architecture(distribution: Distribution, arch: Architecture) -> Result<String> {
+    use Architecture::*;
+    use Distribution as D;
+    let name: Option<&str> = match distribution {
+        D::Debian | D::Ubuntu => match arch {
+            Arm64 => Some("arm64"),
+            Arm => Some("armhf"),
+            Alpha => Some("alpha"),
+            X86_64 => Some("amd64"),
+            X86 => Some("i386"),
+            Ia64 => Some("ia64"),
+            Loongarch64 => Some("loong64"),
+            Mips64Le => Some("mips64el"),
+            MipsLe => Some("mipsel"),
+            Parisc => Some("hppa"),
+            Ppc64Le => Some("ppc64el"),
+            Ppc64 => Some("ppc64"),
+            Riscv64 => Some("riscv64"),
+            S390x => Some("s390x"),
+            S390 => Some("s390"),
+            _ => None,
+        },
+        D::Kali => match arch {
+            Arm64 => Some("arm64"),
+            Arm => Some("armhf"),
+            X86_64 => Some("amd64"),
+            X86 => Some("i386"),
+            _ => None,
+        },
+        D::Fedora | D::Mageia | D::Openmandriva => match arch {
+            Arm64 => Some("aarch64"),
+            Mips64Le => Some("mips64el"),
+            MipsLe => Some("mipsel"),
+            Ppc64Le => Some("ppc64le"),
+            Riscv64 => Some("riscv64"),
+            S390x => Some("s390x"),
+            X86_64 => Some("x86_64"),
+            _ => None,
+        },
+        D::Azure => match arch {
+            Arm64 => Some("aarch64"),
+            X86_64 => Some("x86_64"),
+            _ => None,
+        },
+        D::Centos | D::Alma | D::Rocky | D::Rhel | D::RhelUbi => match arch {
+            X86_64 => Some("x86_64"),
+            Ppc64Le => Some("ppc64le"),
+            S390x => Some("s390x"),
+            Arm64 => Some("aarch64"),
+            _ => None,
+        },
+        D::Opensuse => match arch {
+            X86_64 => Some("x86_64"),
+            Arm64 => Some("aarch64"),
+            Ppc64Le => Some("ppc64le"),
+            Riscv64 => Some("riscv64"),
+            S390x => Some("s390x"),
+            _ => None,
+        },
+        D::Arch => match arch {
+            X86_64 => Some("x86_64"),
+            Arm64 => Some("aarch64"),
+            Arm => Some("armv7h"),
+            _ => None,
+        },
+        D::Postmarketos => match arch {
+            Arm64 => Some("aarch64"),
+            Arm => Some("armv7"),
+            Loongarch64 => Some("loongarch64"),
+            Ppc64Le => Some("ppc64le"),
+            Riscv64 => Some("riscv64"),
+            X86 => Some("x86"),
+            X86_64 => Some("x86_64"),
+            _ => None,
+        },
+        D::Custom => return Ok(arch.as_str().to_string()),
+    };
+    name.map(str::to_string).ok_or_else(|| {
+        DistroError::Config(format!("Architecture {arch} is not supported by {}", distribution.pretty_name()))
+    })
+}
+
+/// The package manager of a distribution, if mkosi can drive it yet.
+pub fn package_manager(config: &Config) -> Result<&'static str> {
+    match config.distribution() {
+        Distribution::Debian | Distribution::Ubuntu | Distribution::Kali => Ok("apt"),
+        Distribution::Custom => Ok("custom"),
+        d => Err(DistroError::NotImplemented(format!("Building {} images", d.pretty_name()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architecture_names() {
+        assert_eq!(architecture(Distribution::Debian, Architecture::X86_64).unwrap(), "amd64");
+        assert_eq!(architecture(Distribution::Fedora, Architecture::Arm64).unwrap(), "aarch64");
+        assert_eq!(architecture(Distribution::Custom, Architecture::X86_64).unwrap(), "x86-64");
+        let e = architecture(Distribution::Kali, Architecture::Riscv64).unwrap_err();
+        assert_eq!(e.to_string(), "Architecture riscv64 is not supported by Kali Linux");
+    }
+}

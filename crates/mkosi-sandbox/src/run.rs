@@ -1,0 +1,349 @@
+//! The one way mkosi runs programs: optionally inside a sandbox, with a
+//! given environment, logging the command line under `--debug`, forwarding
+//! stderr to the user while keeping its tail, and failing with an error that
+//! carries the command line, the exit status and that tail.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::args::Options;
+
+static DEBUG: AtomicBool = AtomicBool::new(false);
+
+/// Log every command line (`--debug`).
+pub fn set_debug(d: bool) {
+    DEBUG.store(d, Ordering::Relaxed);
+}
+
+/// Where a command's standard input comes from.
+#[derive(Debug, Clone, Default)]
+pub enum Input {
+    #[default]
+    Null,
+    Inherit,
+    Data(Vec<u8>),
+    File(PathBuf),
+}
+
+/// Where a command's standard output goes.
+#[derive(Debug, Clone, Default)]
+pub enum Sink {
+    /// The user's terminal (stdout of mkosi).
+    #[default]
+    Inherit,
+    /// Captured and returned.
+    Capture,
+    /// Written to a file (created or truncated).
+    File(PathBuf),
+    /// Discarded.
+    Null,
+}
+
+/// A command to run.
+#[derive(Debug, Clone, Default)]
+pub struct Cmd {
+    pub argv: Vec<String>,
+    /// Run in this sandbox; `None` runs on the host directly.
+    pub sandbox: Option<Options>,
+    /// Environment: exactly these variables (plus what the sandbox sets).
+    pub env: Vec<(String, String)>,
+    pub stdin: Input,
+    pub stdout: Sink,
+    /// Working directory (on the host; for sandboxed commands use the sandbox's chdir).
+    pub cwd: Option<PathBuf>,
+    /// Exit codes that count as success besides 0.
+    pub success_codes: Vec<i32>,
+    /// Do not forward stderr to the terminal (it is still kept for errors).
+    pub quiet: bool,
+}
+
+impl Cmd {
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Cmd {
+        Cmd { argv: argv.into_iter().map(Into::into).collect(), ..Cmd::default() }
+    }
+
+    pub fn sandbox(mut self, options: Options) -> Cmd {
+        self.sandbox = Some(options);
+        self
+    }
+
+    pub fn env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Cmd {
+        self.env.extend(env);
+        self
+    }
+
+    pub fn stdin(mut self, i: Input) -> Cmd {
+        self.stdin = i;
+        self
+    }
+
+    pub fn stdout(mut self, s: Sink) -> Cmd {
+        self.stdout = s;
+        self
+    }
+
+    pub fn success_codes(mut self, codes: &[i32]) -> Cmd {
+        self.success_codes = codes.to_vec();
+        self
+    }
+
+    pub fn quiet(mut self) -> Cmd {
+        self.quiet = true;
+        self
+    }
+
+    /// The command line as a shell would read it.
+    pub fn display(&self) -> String {
+        self.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// What a finished command produced.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr_tail: String,
+}
+
+/// A command that could not be run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("\"{command}\" could not be started: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("\"{command}\" returned non-zero exit code {code}.{}", tail_suffix(.stderr_tail))]
+    Failed { command: String, code: i32, stderr_tail: String },
+    #[error("\"{command}\" was killed by signal {signal}.")]
+    Signaled { command: String, signal: i32 },
+    #[error("\"{command}\": {what}: {source}")]
+    Io { command: String, what: String, source: std::io::Error },
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\nLast lines of its error output:\n{}", tail.trim_end())
+    }
+}
+
+impl RunError {
+    /// Exit code of a failed command.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            RunError::Failed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Quote a word for a POSIX shell when needed.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\"'\"'"))
+    }
+}
+
+/// The executable used to enter sandboxes (this binary, as `mkosi-sandbox`).
+pub fn sandbox_executable() -> PathBuf {
+    std::env::var_os("MKOSI_SANDBOX_EXE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_exe().ok())
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+const TAIL_LINES: usize = 20;
+
+/// Run `cmd` to completion.
+pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
+    let display = cmd.display();
+    let Some(program) = cmd.argv.first() else {
+        return Err(RunError::Spawn {
+            command: display,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line"),
+        });
+    };
+
+    let mut command = match &cmd.sandbox {
+        Some(options) => {
+            let mut c = Command::new(sandbox_executable());
+            std::os::unix::process::CommandExt::arg0(&mut c, "mkosi-sandbox");
+            c.args(options.to_args());
+            c.args(&cmd.argv);
+            if DEBUG.load(Ordering::Relaxed) {
+                eprintln!(
+                    "+ mkosi-sandbox {} {display}",
+                    options.to_args().iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+                );
+            }
+            c
+        }
+        None => {
+            let mut c = Command::new(program);
+            c.args(&cmd.argv[1..]);
+            if DEBUG.load(Ordering::Relaxed) {
+                eprintln!("+ {display}");
+            }
+            c
+        }
+    };
+    command.env_clear();
+    for (k, v) in &cmd.env {
+        command.env(k, v);
+    }
+    if !cmd.env.iter().any(|(k, _)| k == "PATH") {
+        command.env("PATH", std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/usr/sbin")));
+    }
+    if let Some(cwd) = &cmd.cwd {
+        command.current_dir(cwd);
+    }
+
+    command.stdin(match &cmd.stdin {
+        Input::Null => Stdio::null(),
+        Input::Inherit => Stdio::inherit(),
+        Input::Data(_) => Stdio::piped(),
+        Input::File(p) => Stdio::from(std::fs::File::open(p).map_err(|e| RunError::Io {
+            command: display.clone(),
+            what: format!("opening {}", p.display()),
+            source: e,
+        })?),
+    });
+    command.stdout(match &cmd.stdout {
+        Sink::Inherit => Stdio::inherit(),
+        Sink::Capture => Stdio::piped(),
+        Sink::Null => Stdio::null(),
+        Sink::File(p) => Stdio::from(std::fs::File::create(p).map_err(|e| RunError::Io {
+            command: display.clone(),
+            what: format!("creating {}", p.display()),
+            source: e,
+        })?),
+    });
+    command.stderr(Stdio::piped());
+
+    let mut child = command.spawn().map_err(|e| RunError::Spawn { command: display.clone(), source: e })?;
+
+    // Forward stderr, keeping the last lines for the error message.
+    let tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
+    let stderr_thread = child.stderr.take().map(|stderr| {
+        let tail = Arc::clone(&tail);
+        let quiet = cmd.quiet;
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            let mut err = std::io::stderr();
+            while let Ok(n) = reader.read_until(b'\n', &mut line) {
+                if n == 0 {
+                    break;
+                }
+                if !quiet {
+                    let _ = err.write_all(&line);
+                }
+                if let Ok(mut t) = tail.lock() {
+                    t.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
+                    if t.len() > TAIL_LINES {
+                        t.pop_front();
+                    }
+                }
+                line.clear();
+            }
+        })
+    });
+
+    if let Input::Data(data) = &cmd.stdin {
+        if let Some(mut stdin) = child.stdin.take() {
+            let data = data.clone();
+            // Write from a thread so a command that does not read its input cannot deadlock us.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+        }
+    }
+
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut stdout).map_err(|e| RunError::Io {
+            command: display.clone(),
+            what: "reading output".into(),
+            source: e,
+        })?;
+    }
+    let status =
+        child.wait().map_err(|e| RunError::Io { command: display.clone(), what: "waiting".into(), source: e })?;
+    if let Some(t) = stderr_thread {
+        let _ = t.join();
+    }
+    let stderr_tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
+
+    if let Some(code) = status.code() {
+        if code != 0 && !cmd.success_codes.contains(&code) {
+            return Err(RunError::Failed { command: display, code, stderr_tail });
+        }
+    } else {
+        use std::os::unix::process::ExitStatusExt;
+        return Err(RunError::Signaled { command: display, signal: status.signal().unwrap_or(0) });
+    }
+    Ok(Output { status, stdout, stderr_tail })
+}
+
+/// Whether `name` can be found in `$PATH` below `root` (`/` for the host).
+pub fn find_binary(name: &str, root: &Path) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = root.join(name.trim_start_matches('/'));
+        return p.is_file().then_some(PathBuf::from(name));
+    }
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin"] {
+        let p = root.join(dir.trim_start_matches('/')).join(name);
+        if p.is_file() {
+            return Some(Path::new(dir).join(name));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("plain-word_1.0"), "plain-word_1.0");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn captures_and_fails_with_tail() {
+        let out = run(&Cmd::new(["sh", "-c", "echo out; echo err >&2"]).stdout(Sink::Capture).quiet()).unwrap();
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr_tail, "err");
+        let e = run(&Cmd::new(["sh", "-c", "echo boom >&2; exit 3"]).quiet()).unwrap_err();
+        assert_eq!(e.code(), Some(3));
+        let msg = e.to_string();
+        assert!(msg.contains("\"sh -c 'echo boom >&2; exit 3'\" returned non-zero exit code 3."), "{msg}");
+        assert!(msg.contains("boom"), "{msg}");
+        assert!(run(&Cmd::new(["sh", "-c", "exit 3"]).success_codes(&[3])).is_ok());
+    }
+
+    #[test]
+    fn input_and_environment() {
+        let out = run(&Cmd::new(["sh", "-c", "cat; echo $FOO"])
+            .stdin(Input::Data(b"in\n".to_vec()))
+            .env([("FOO".to_string(), "bar".to_string())])
+            .stdout(Sink::Capture))
+        .unwrap();
+        assert_eq!(out.stdout, b"in\nbar\n");
+    }
+
+    #[test]
+    fn missing_program() {
+        let e = run(&Cmd::new(["/no/such/program"])).unwrap_err();
+        assert!(matches!(e, RunError::Spawn { .. }));
+    }
+}
