@@ -97,6 +97,10 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     log::set_timing(args.debug_timing);
     mkosi_sandbox::run::set_debug(args.debug);
 
+    for config in images {
+        pipeline::check_supported(config).map_err(|e| e.in_step(&format!("Checking image {}", config.image())))?;
+    }
+
     let outdir = last.output_dir_or_cwd(cwd);
     if args.force == 0 && output_exists(last, &outdir) {
         log::info(&format!(

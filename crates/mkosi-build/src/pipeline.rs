@@ -14,8 +14,7 @@ use crate::{log, outputs};
 
 /// Settings whose effect is not implemented yet: using them fails the build
 /// instead of being silently ignored.
-pub fn unsupported_settings(ctx: &Context) -> Vec<String> {
-    let c = ctx.config;
+pub fn unsupported_settings(c: &mkosi_config::Config) -> Vec<String> {
     let mut out = Vec::new();
     let nonempty = |f: &str| !c.list(f).is_empty();
     for f in [
@@ -53,6 +52,22 @@ pub fn unsupported_settings(ctx: &Context) -> Vec<String> {
         out.push("Incremental=".into());
     }
     out
+}
+
+/// Fail early for configurations this version cannot build.
+pub fn check_supported(config: &mkosi_config::Config) -> Result<()> {
+    if !format_supported(config.output_format()) {
+        return Err(BuildError::msg(format!("Format={} is not implemented yet", config.output_format())));
+    }
+    let unsupported = unsupported_settings(config);
+    if !unsupported.is_empty() {
+        return Err(BuildError::hint(
+            format!("Not implemented yet: {}", unsupported.join(", ")),
+            "These settings are understood but this version of mkosi cannot build them yet",
+        ));
+    }
+    mkosi_distro::package_manager(config)?;
+    Ok(())
 }
 
 /// The output formats this version can produce.
@@ -291,17 +306,7 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     let config = ctx.config;
     log::header(&format!("Building {} image", config.image()));
 
-    let unsupported = unsupported_settings(ctx);
-    if !unsupported.is_empty() {
-        return Err(BuildError::hint(
-            format!("Not implemented yet: {}", unsupported.join(", ")),
-            "These settings are understood but this version of mkosi cannot build them yet",
-        ));
-    }
-    if !format_supported(config.output_format()) {
-        return Err(BuildError::msg(format!("Format={} is not implemented yet", config.output_format())));
-    }
-    mkosi_distro::package_manager(config)?;
+    check_supported(config)?;
 
     let mut timings = std::mem::take(&mut ctx.timings);
     let r = (|| -> Result<()> {

@@ -169,11 +169,37 @@ fn command_line_errors_exit_2() {
 #[test]
 fn unimplemented_verbs_say_so() {
     let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
-    for verb in ["build", "clean", "shell", "boot", "vm", "ssh", "serve", "journalctl", "sysupdate"] {
+    for verb in ["clean", "shell", "boot", "vm", "ssh", "serve", "journalctl", "sysupdate"] {
         let o = mkosi(t.path(), &[verb]);
         assert_eq!(o.status.code(), Some(1), "{verb}");
         assert!(stderr(&o).contains("is not implemented yet"), "{verb}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn build_refuses_settings_it_cannot_build_yet() {
+    // The check happens before anything is downloaded or built.
+    let t = tree(&[(
+        "mkosi.conf",
+        "[Output]\nFormat=directory\n[Content]\nPackages=a\nHostname=x\n[Build]\nIncremental=yes\n",
+    )]);
+    let o = mkosi(
+        t.path(),
+        &[
+            "--workspace-directory",
+            t.path().to_str().unwrap(),
+            "--package-cache-dir",
+            t.path().join("cache").to_str().unwrap(),
+            "build",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("Not implemented yet: Hostname=, Incremental="), "{e}");
+    assert!(!t.path().join("cache").exists(), "nothing was prepared");
+    let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
+    let o = mkosi(t.path(), &["--format=disk", "build"]);
+    assert!(stderr(&o).contains("Format=disk is not implemented yet"), "{}", stderr(&o));
 }
 
 #[test]
