@@ -100,6 +100,15 @@ pub fn dedent(text: &str) -> String {
 /// skipped (and produce no `SectionEnd` either), like upstream's
 /// `only_sections` filter.
 pub fn parse(text: &str, want_section: &dyn Fn(&str) -> bool) -> Result<Vec<Event>, IniError> {
+    // Files are read with universal newlines upstream: \r\n and \r become \n
+    // before dedenting.
+    let normalized;
+    let text = if text.contains('\r') {
+        normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        text
+    };
     let dedented = dedent(text);
     let mut events = Vec::new();
     let mut section: Option<(String, usize)> = None;
@@ -243,6 +252,16 @@ mod tests {
                 Event::SectionEnd { section: "Match".into(), line: 1 }
             ]
         );
+    }
+
+    #[test]
+    fn windows_line_endings() {
+        // Normalized before dedenting, so indented CRLF files parse like upstream.
+        assert_eq!(
+            settings("  [Content]\r\n  Packages=a\r\n\r\n  Packages=b\r\n"),
+            vec![s("Content", "Packages", "a"), s("Content", "Packages", "b")]
+        );
+        assert_eq!(settings("[A]\rX=1\r"), vec![s("A", "X", "1")]);
     }
 
     #[test]
