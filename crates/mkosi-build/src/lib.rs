@@ -11,6 +11,7 @@ pub mod log;
 pub mod outputs;
 pub mod pipeline;
 pub mod scripts;
+pub mod sysconfig;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

@@ -13,6 +13,18 @@ use crate::context::Context;
 use crate::error::{io, BuildError, Result};
 use crate::tree;
 
+/// Output settings not implemented yet (see `pipeline::unsupported_settings`).
+pub fn unsupported(c: &mkosi_config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if !c.list("ManifestFormat").is_empty() {
+        out.push("ManifestFormat=".into());
+    }
+    if c.bool("Sign") {
+        out.push("Sign=yes".into());
+    }
+    out
+}
+
 /// Every file name a build of `config` may produce (used to clean up before rebuilding).
 pub fn output_names(config: &mkosi_config::Config) -> Vec<String> {
     let o = config.output();

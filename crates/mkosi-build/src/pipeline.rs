@@ -13,40 +13,19 @@ use crate::tree;
 use crate::{log, outputs};
 
 /// Settings whose effect is not implemented yet: using them fails the build
-/// instead of being silently ignored.
+/// instead of being silently ignored. Each module lists its own.
 pub fn unsupported_settings(c: &mkosi_config::Config) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = crate::scripts::unsupported(c);
+    out.extend(crate::sysconfig::unsupported(c));
+    out.extend(outputs::unsupported(c));
     let nonempty = |f: &str| !c.list(f).is_empty();
-    for f in [
-        "PrepareScripts",
-        "BuildScripts",
-        "PostInstallationScripts",
-        "FinalizeScripts",
-        "PostOutputScripts",
-        "SyncScripts",
-        "ConfigureScripts",
-        "CleanScripts",
-        "BaseTrees",
-        "BuildPackages",
-        "VolatilePackages",
-        "PackageDirectories",
-        "VolatilePackageDirectories",
-        "ManifestFormat",
-        "Credentials",
-    ] {
+    for f in ["BaseTrees", "VolatilePackages", "PackageDirectories", "VolatilePackageDirectories"] {
         if nonempty(f) {
             out.push(format!("{f}="));
         }
     }
-    for f in ["Hostname", "Locale", "LocaleMessages", "Keymap", "Timezone", "RootPassword", "RootShell"] {
-        if !c.get(f).is_null() {
-            out.push(format!("{f}="));
-        }
-    }
-    for f in ["Autologin", "MakeInitrd", "Overlay", "Sign"] {
-        if c.bool(f) {
-            out.push(format!("{f}=yes"));
-        }
+    if c.bool("Overlay") {
+        out.push("Overlay=yes".into());
     }
     if c.incremental() != mkosi_config::enums::Incremental::No {
         out.push("Incremental=".into());
@@ -301,70 +280,78 @@ pub fn normalize_mtime(root: &Path, epoch: Option<i64>) -> Result<()> {
     walk(root, epoch).map_err(io("clamping modification times in", root))
 }
 
+/// Run one named step, recording its duration and naming it in errors.
+fn step(ctx: &mut Context, name: &str, f: impl FnOnce(&Context) -> Result<()>) -> Result<()> {
+    let mut timings = std::mem::take(&mut ctx.timings);
+    let r = timings.step(name, || f(ctx));
+    ctx.timings = timings;
+    r.map_err(|e| e.in_step(name))
+}
+
 /// Build one image into its staging directory and move the outputs into place.
+///
+/// The order is upstream's (`build_image()` in mkosi/__init__.py). Lines
+/// marked `HOOK(module)` are where the steps owned by other modules go once
+/// they exist.
 pub fn build_image(ctx: &mut Context) -> Result<()> {
     let config = ctx.config;
     log::header(&format!("Building {} image", config.image()));
-
     check_supported(config)?;
 
-    let mut timings = std::mem::take(&mut ctx.timings);
-    let r = (|| -> Result<()> {
-        timings
-            .step("Copying in sandbox trees", || install_sandbox_trees(ctx))
-            .map_err(|e| e.in_step("Copying in sandbox trees"))?;
+    step(ctx, "Copying in sandbox trees", install_sandbox_trees)?;
+    // HOOK(base trees): mount/install BaseTrees=, reuse the incremental cache.
+    step(ctx, "Creating the root directory", |ctx| {
         let root = ctx.root();
         std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod", &root))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod", &root))
+    })?;
 
-        if mkosi_distro::package_manager(config)? == "apt" {
+    if mkosi_distro::package_manager(config)? == "apt" {
+        step(ctx, "Setting up the package manager", |ctx| {
             let env = pm_env(ctx)?;
-            let apt = Apt::new(config, &env);
-            timings
-                .step("Setting up the package manager", || apt.setup())
-                .map_err(|e| BuildError::from(e).in_step("Setting up the package manager"))?;
-            timings
-                .step("Syncing package manager metadata", || {
-                    log::step("Syncing package manager metadata");
-                    apt.sync()
-                })
-                .map_err(|e| BuildError::from(e).in_step("Syncing package manager metadata"))?;
-        }
+            Ok(Apt::new(ctx.config, &env).setup()?)
+        })?;
+        step(ctx, "Syncing package manager metadata", |ctx| {
+            log::step("Syncing package manager metadata");
+            let env = pm_env(ctx)?;
+            Ok(Apt::new(ctx.config, &env).sync()?)
+        })?;
+    }
+    // HOOK(repository): local repository from PackageDirectories=/$PACKAGEDIR.
 
-        timings
-            .step("Copying in skeleton trees", || install_skeleton_trees(ctx))
-            .map_err(|e| e.in_step("Copying in skeleton trees"))?;
-        timings
-            .step("Installing the distribution", || install_distribution(ctx))
-            .map_err(|e| e.in_step("Installing the distribution"))?;
-        timings.step("Checking the root", || check_root_populated(ctx)).map_err(|e| e.in_step("Checking the root"))?;
+    step(ctx, "Copying in skeleton trees", install_skeleton_trees)?;
+    step(ctx, "Installing the distribution", install_distribution)?;
+    // HOOK(scripts): run_prepare_scripts(ctx, false)
+    // HOOK(scripts): install_build_packages(ctx)
+    // HOOK(scripts): run_prepare_scripts(ctx, true)
+    // HOOK(sysconfig): fixup_vmlinuz_location(ctx), run_depmod(ctx, true), run_hwdb(ctx)
+    // HOOK(cache): save the incremental cache
+    step(ctx, "Checking the root", check_root_populated)?;
+    // HOOK(scripts): run_build_scripts(ctx)
 
-        if config.output_format() == OutputFormat::None {
-            return Ok(());
-        }
+    if config.output_format() == OutputFormat::None {
+        return Ok(());
+    }
 
-        timings
-            .step("Copying in extra trees", || install_extra_trees(ctx))
-            .map_err(|e| e.in_step("Copying in extra trees"))?;
-        timings.step("Removing packages", || remove_packages(ctx)).map_err(|e| e.in_step("Removing packages"))?;
-        timings
-            .step("Cleaning package manager metadata", || clean_package_metadata(ctx))
-            .map_err(|e| e.in_step("Cleaning package manager metadata"))?;
-        timings.step("Removing files", || remove_files(ctx)).map_err(|e| e.in_step("Removing files"))?;
-        let work = ctx.root().join("work");
-        tree::rmtree(&[work])?;
-        timings
-            .step("Clamping modification times", || normalize_mtime(&ctx.root(), config.int("SourceDateEpoch")))
-            .map_err(|e| e.in_step("Clamping modification times"))?;
-        timings
-            .step("Generating the output", || outputs::make_output(ctx))
-            .map_err(|e| e.in_step("Generating the output"))?;
-        timings
-            .step("Moving outputs into place", || outputs::finalize_staging(ctx))
-            .map_err(|e| e.in_step("Moving outputs into place"))?;
-        Ok(())
-    })();
-    ctx.timings = timings;
-    r
+    // HOOK(scripts): install volatile packages, install_build_dest(ctx)
+    step(ctx, "Copying in extra trees", install_extra_trees)?;
+    // HOOK(scripts): run_postinst_scripts(ctx)
+    // HOOK(sysconfig): fixup_vmlinuz_location, configure_autologin, configure_os_release,
+    //   configure_extension_release, configure_initrd, configure_ssh, configure_clock,
+    //   configure_verity_certificate, configure_mountpoints
+    // HOOK(boot): bootloaders (systemd-boot, grub, shim)
+    // HOOK(sysconfig): run_locale_gen, run_sysusers, run_tmpfiles, run_preset, run_depmod, run_firstboot
+    step(ctx, "Removing packages", remove_packages)?;
+    // HOOK(outputs): record the package manifest
+    // HOOK(sysconfig): run_selinux_relabel(ctx)
+    step(ctx, "Cleaning package manager metadata", clean_package_metadata)?;
+    step(ctx, "Removing files", remove_files)?;
+    // HOOK(scripts): run_finalize_scripts(ctx)
+    step(ctx, "Removing /work", |ctx| tree::rmtree(&[ctx.root().join("work")]))?;
+    step(ctx, "Clamping modification times", |ctx| normalize_mtime(&ctx.root(), ctx.config.int("SourceDateEpoch")))?;
+    step(ctx, "Generating the output", outputs::make_output)?;
+    // HOOK(scripts): run_postoutput_scripts(ctx)
+    step(ctx, "Moving outputs into place", outputs::finalize_staging)?;
+    Ok(())
 }

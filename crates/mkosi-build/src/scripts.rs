@@ -2,7 +2,26 @@
 
 use std::io::IsTerminal;
 
-use mkosi_config::Host;
+use mkosi_config::{Config, Host};
+
+/// Script settings not implemented yet (see `pipeline::unsupported_settings`).
+pub fn unsupported(c: &Config) -> Vec<String> {
+    [
+        "PrepareScripts",
+        "BuildScripts",
+        "PostInstallationScripts",
+        "FinalizeScripts",
+        "PostOutputScripts",
+        "SyncScripts",
+        "ConfigureScripts",
+        "CleanScripts",
+        "BuildPackages",
+    ]
+    .iter()
+    .filter(|f| !c.list(f).is_empty())
+    .map(|f| format!("{f}="))
+    .collect()
+}
 
 /// `$TERM` for commands: the user's terminal type when stderr is a terminal, else `dumb`.
 pub fn finalize_term(host: &Host) -> String {
