@@ -111,6 +111,10 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
         return Ok(());
     }
 
+    // Paths that depend on who runs mkosi are decided before becoming root.
+    let pkgcache = package_cache_dir(last, host);
+    let workspace_parent = workspace_dir(last, host);
+
     // Everything below runs as root, in a user namespace when we are not root.
     mkosi_sandbox::userns::become_root(host.user_name())?;
 
@@ -121,7 +125,6 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
         }
     }
 
-    let pkgcache = package_cache_dir(last, host);
     for d in [outdir.clone(), pkgcache.join("cache/apt/archives/partial"), pkgcache.join("lib/apt/lists/partial")] {
         std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
     }
@@ -141,7 +144,7 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
         None => pkgcache.clone(),
     };
 
-    let run_dir = Workspace::new(&workspace_dir(last, host), args.debug_workspace)?;
+    let run_dir = Workspace::new(&workspace_parent, args.debug_workspace)?;
     let package_dir = run_dir.path.join("packages");
     std::fs::create_dir_all(&package_dir).map_err(io("creating", &package_dir))?;
 
