@@ -97,6 +97,7 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     let Some(last) = images.last() else { return Ok(()) };
     log::set_timing(args.debug_timing);
     mkosi_sandbox::run::set_debug(args.debug);
+    mkosi_sandbox::run::install_signal_handlers();
 
     for config in images {
         pipeline::check_supported(config).map_err(|e| e.in_step(&format!("Checking image {}", config.image())))?;

@@ -186,7 +186,10 @@ pub fn make_output(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Move everything from staging into the output directory, replacing older artifacts.
+/// Move everything from staging into the output directory, replacing older
+/// artifacts. Each artifact appears atomically: it is renamed into place
+/// (copied next to its destination first when staging is on another file
+/// system), and an older artifact is moved aside before and removed after.
 pub fn finalize_staging(ctx: &Context) -> Result<()> {
     let outdir = ctx.output_dir();
     std::fs::create_dir_all(&outdir).map_err(io("creating", &outdir))?;
@@ -196,27 +199,40 @@ pub fn finalize_staging(ctx: &Context) -> Result<()> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
-    let existing: Vec<PathBuf> = entries.iter().filter_map(|e| e.file_name()).map(|n| outdir.join(n)).collect();
-    tree::rmtree(&existing)?;
+    let pid = std::process::id();
     for f in entries {
-        let Some(name) = f.file_name() else { continue };
-        let dst = outdir.join(name);
+        let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        let dst = outdir.join(&name);
         let md = std::fs::symlink_metadata(&f).map_err(io("reading", &f))?;
-        if md.is_symlink() {
-            let target = std::fs::read_link(&f).map_err(io("reading", &f))?;
-            std::os::unix::fs::symlink(target, &dst).map_err(io("creating", &dst))?;
-            continue;
-        }
         if md.is_file() {
             if let Some(mode) = ctx.config.int("OutputMode") {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode as u32)).map_err(io("chmod", &f))?;
             }
         }
-        if std::fs::rename(&f, &dst).is_err() {
-            // Different file systems: copy, then remove.
-            tree::copy_tree(&f, &dst, true)?;
+        // Get the new artifact onto the output file system first.
+        let src = if std::fs::rename(&f, outdir.join(format!(".mkosi-new-{name}-{pid}"))).is_ok() {
+            outdir.join(format!(".mkosi-new-{name}-{pid}"))
+        } else {
+            let tmp = outdir.join(format!(".mkosi-new-{name}-{pid}"));
+            tree::rmtree(std::slice::from_ref(&tmp))?;
+            if md.is_symlink() {
+                let target = std::fs::read_link(&f).map_err(io("reading", &f))?;
+                std::os::unix::fs::symlink(target, &tmp).map_err(io("creating", &tmp))?;
+            } else {
+                tree::copy_tree(&f, &tmp, true)?;
+            }
             tree::rmtree(std::slice::from_ref(&f))?;
+            tmp
+        };
+        let old = outdir.join(format!(".mkosi-old-{name}-{pid}"));
+        let had_old = std::fs::symlink_metadata(&dst).is_ok();
+        if had_old {
+            std::fs::rename(&dst, &old).map_err(io("moving aside", &dst))?;
+        }
+        std::fs::rename(&src, &dst).map_err(io("moving into place", &dst))?;
+        if had_old {
+            tree::rmtree(&[old])?;
         }
     }
     Ok(())

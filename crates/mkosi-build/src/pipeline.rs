@@ -282,6 +282,9 @@ pub fn normalize_mtime(root: &Path, epoch: Option<i64>) -> Result<()> {
 
 /// Run one named step, recording its duration and naming it in errors.
 fn step(ctx: &mut Context, name: &str, f: impl FnOnce(&Context) -> Result<()>) -> Result<()> {
+    if mkosi_sandbox::run::interrupted() {
+        return Err(BuildError::msg("Interrupted").in_step(name));
+    }
     let mut timings = std::mem::take(&mut ctx.timings);
     let r = timings.step(name, || f(ctx));
     ctx.timings = timings;

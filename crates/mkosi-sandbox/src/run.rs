@@ -14,6 +14,31 @@ use std::sync::{Arc, Mutex};
 use crate::args::Options;
 
 static DEBUG: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Catch SIGINT/SIGTERM/SIGHUP so an interrupted build unwinds (removing its
+/// workspace and leaving previous outputs alone) instead of dying on the spot.
+/// Running commands receive the terminal's signal themselves and exit.
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Whether mkosi was asked to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// Log every command line (`--debug`).
 pub fn set_debug(d: bool) {
@@ -122,6 +147,8 @@ pub enum RunError {
     Signaled { command: String, signal: i32 },
     #[error("\"{command}\": {what}: {source}")]
     Io { command: String, what: String, source: std::io::Error },
+    #[error("Interrupted before running \"{command}\"")]
+    Interrupted { command: String },
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -164,6 +191,9 @@ const TAIL_LINES: usize = 20;
 /// Run `cmd` to completion.
 pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
     let display = cmd.display();
+    if interrupted() {
+        return Err(RunError::Interrupted { command: display });
+    }
     let Some(program) = cmd.argv.first() else {
         return Err(RunError::Spawn {
             command: display,
