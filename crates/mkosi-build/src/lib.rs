@@ -10,6 +10,7 @@ pub mod error;
 pub mod log;
 pub mod outputs;
 pub mod pipeline;
+pub mod progress;
 pub mod scripts;
 pub mod sysconfig;
 pub mod tree;

@@ -63,6 +63,7 @@ fn pm_env(ctx: &Context) -> Result<PmEnv> {
         repository: ctx.repository(),
         base: ctx.sandbox(true, false)?,
         environment: ctx.environment(),
+        progress: crate::progress::package_manager_progress(),
     })
 }
 

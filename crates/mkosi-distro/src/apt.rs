@@ -257,10 +257,25 @@ impl<'a> Apt<'a> {
             }
         }
         let mut argv = self.cmd("apt-get")?;
+        let progress = self.env.progress.clone().filter(|_| !quiet && matches!(stdout, Sink::Inherit));
+        if progress.is_some() {
+            argv.extend(["-o".to_string(), "APT::Status-Fd=3".to_string()]);
+        }
         argv.push(operation.to_string());
         argv.extend(arguments.iter().cloned());
         let mut cmd = Cmd::new(argv).sandbox(self.sandbox(apivfs, extra)).env(self.environment()).stdout(stdout);
         cmd.quiet = quiet;
+        if let Some(p) = progress {
+            // apt's own output is replaced by the progress display; errors still
+            // show the last lines of its error output.
+            cmd.stdout = Sink::Capture;
+            cmd.quiet = true;
+            cmd.status_fd = Some(run::StatusCallback(std::sync::Arc::new(move |line: &str| {
+                if let Some((phase, percent, text)) = crate::parse_apt_status(line) {
+                    (p.0)(phase, percent, &text);
+                }
+            })));
+        }
         run::run(&cmd)?;
         Ok(())
     }

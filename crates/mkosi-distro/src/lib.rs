@@ -55,6 +55,46 @@ pub struct PmEnv {
     pub base: Options,
     /// The environment for package manager runs (`Environment=` etc.).
     pub environment: Vec<(String, String)>,
+    /// Where to report progress; `None` lets the package manager print its own output.
+    pub progress: Option<Progress>,
+}
+
+/// A phase of a package manager run, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Downloading,
+    Installing,
+}
+
+/// A function receiving progress reports: phase, percent done, description.
+pub type ProgressFn = dyn Fn(Phase, f32, &str) + Send + Sync;
+
+/// Receives progress reports.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<ProgressFn>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
+}
+
+/// Parse one line of apt's status fd (`dlstatus:pkg:percent:text`,
+/// `pmstatus:pkg:percent:text`).
+pub fn parse_apt_status(line: &str) -> Option<(Phase, f32, String)> {
+    let parts: Vec<&str> = line.split(':').collect();
+    let kind = *parts.first()?;
+    // The package name may contain a colon (`libc6:amd64`): the percentage is
+    // the first numeric field after it.
+    let idx = (2..parts.len()).find(|&i| parts[i].trim().parse::<f32>().is_ok())?;
+    let percent: f32 = parts[idx].trim().parse().ok()?;
+    let text = parts[idx + 1..].join(":").trim().to_string();
+    let phase = match kind {
+        "dlstatus" => Phase::Downloading,
+        "pmstatus" => Phase::Installing,
+        _ => return None,
+    };
+    Some((phase, percent, text))
 }
 
 /// The distribution's name for an architecture (`$DISTRIBUTION_ARCHITECTURE`).
@@ -152,6 +192,23 @@ pub fn package_manager(config: &Config) -> Result<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_status_lines() {
+        assert_eq!(
+            parse_apt_status("dlstatus:1:12.5:Retrieving file 3 of 40"),
+            Some((Phase::Downloading, 12.5, "Retrieving file 3 of 40".into()))
+        );
+        assert_eq!(
+            parse_apt_status("pmstatus:libc6:amd64:50:Unpacking libc6 (amd64)"),
+            Some((Phase::Installing, 50.0, "Unpacking libc6 (amd64)".into()))
+        );
+        assert_eq!(
+            parse_apt_status("pmstatus:dpkg-exec:75:Running dpkg"),
+            Some((Phase::Installing, 75.0, "Running dpkg".into()))
+        );
+        assert_eq!(parse_apt_status("pmconffile:/etc/x:a:b"), None);
+    }
 
     #[test]
     fn architecture_names() {

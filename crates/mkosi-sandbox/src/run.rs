@@ -85,6 +85,19 @@ pub struct Cmd {
     pub success_codes: Vec<i32>,
     /// Do not forward stderr to the terminal (it is still kept for errors).
     pub quiet: bool,
+    /// Receive lines the command writes to file descriptor 3 (e.g. apt's
+    /// `APT::Status-Fd=3`), one call per line, while it runs.
+    pub status_fd: Option<StatusCallback>,
+}
+
+/// A callback receiving status lines (see [`Cmd::status_fd`]).
+#[derive(Clone)]
+pub struct StatusCallback(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for StatusCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusCallback")
+    }
 }
 
 impl Cmd {
@@ -257,7 +270,41 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
     });
     command.stderr(Stdio::piped());
 
+    // A pipe whose write end becomes fd 3 of the command.
+    let mut status_pipe: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> = None;
+    if cmd.status_fd.is_some() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RunError::Io {
+            command: display.clone(),
+            what: "creating a status pipe".into(),
+            source: std::io::Error::from(e),
+        })?;
+        let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+        // SAFETY: dup2 and fcntl are async-signal-safe; wfd stays open until after spawn.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::dup2(wfd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        status_pipe = Some((r, w));
+    }
+
     let mut child = command.spawn().map_err(|e| RunError::Spawn { command: display.clone(), source: e })?;
+
+    let status_thread = status_pipe.map(|(r, w)| {
+        drop(w);
+        let callback = cmd.status_fd.clone();
+        std::thread::spawn(move || {
+            let reader = BufReader::new(std::fs::File::from(r));
+            for line in reader.lines().map_while(Result::ok) {
+                if let Some(cb) = &callback {
+                    (cb.0)(&line);
+                }
+            }
+        })
+    });
 
     // Forward stderr, keeping the last lines for the error message.
     let tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
@@ -307,6 +354,9 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
     let status =
         child.wait().map_err(|e| RunError::Io { command: display.clone(), what: "waiting".into(), source: e })?;
     if let Some(t) = stderr_thread {
+        let _ = t.join();
+    }
+    if let Some(t) = status_thread {
         let _ = t.join();
     }
     let stderr_tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
@@ -369,6 +419,17 @@ mod tests {
             .stdout(Sink::Capture))
         .unwrap();
         assert_eq!(out.stdout, b"in\nbar\n");
+    }
+
+    #[test]
+    fn status_lines_arrive() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let mut cmd = Cmd::new(["sh", "-c", "echo one >&3; echo two >&3; echo out"]).stdout(Sink::Capture);
+        cmd.status_fd = Some(StatusCallback(Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_string()))));
+        let out = run(&cmd).unwrap();
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(*lines.lock().unwrap(), vec!["one".to_string(), "two".to_string()]);
     }
 
     #[test]
