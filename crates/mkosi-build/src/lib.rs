@@ -187,3 +187,92 @@ fn human_size(p: &Path) -> String {
     }
     mkosi_config::summary::format_bytes(size(p) as i64)
 }
+
+/// The incremental cache entries of an image (`<CacheDirectory>/<key>.cache` etc.).
+pub fn cache_tree_paths(config: &Config) -> Vec<PathBuf> {
+    let Some(dir) = config.path("CacheDirectory") else { return vec![] };
+    let key = config.expand_key_specifiers(config.str("CacheKey").unwrap_or("&d~&r~&a~&I"));
+    ["cache", "build.cache", "manifest"].iter().map(|s| dir.join(format!("{key}.{s}"))).collect()
+}
+
+fn clean_image(args: &Args, config: &Config, pkgcache: &Path, cwd: &Path) -> Result<()> {
+    let outdir = config.output_dir_or_cwd(cwd);
+    let mut outputs: Vec<PathBuf> = outputs::output_names(config)
+        .into_iter()
+        .map(|n| outdir.join(n))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .collect();
+    // The `Output` symlink may point at an artifact of an older configuration.
+    let extra: Vec<PathBuf> = outputs
+        .iter()
+        .filter_map(|p| std::fs::read_link(p).ok().map(|t| if t.is_absolute() { t } else { outdir.join(t) }))
+        .filter(|t| t.starts_with(&outdir) && std::fs::symlink_metadata(t).is_ok())
+        .collect();
+    outputs.extend(extra);
+    outputs.sort();
+    outputs.dedup();
+    if !outputs.is_empty() {
+        log::step(&format!("Removing output files of {} image", config.image()));
+        tree::rmtree(&outputs)?;
+    }
+
+    if args.force > 0 || args.wipe_build_dir {
+        if let Some(sub) = config.build_subdir().filter(|s| s.is_dir()) {
+            let entries: Vec<PathBuf> = std::fs::read_dir(&sub)
+                .map_err(io("reading", &sub))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            if !entries.is_empty() {
+                log::step(&format!("Clearing out build directory of {} image", config.image()));
+                tree::rmtree(&entries)?;
+            }
+        }
+    }
+    if args.force > 0 {
+        let caches: Vec<PathBuf> = cache_tree_paths(config).into_iter().filter(|p| p.exists()).collect();
+        if !caches.is_empty() {
+            log::step(&format!("Removing cache entries of {} image", config.image()));
+            tree::rmtree(&caches)?;
+        }
+    }
+    if args.force > 1 && (config.image() == "main" || config.image() == "tools") {
+        let mut meta = Vec::new();
+        if let Some(dir) = config.path("CacheDirectory") {
+            let key = config.expand_key_specifiers(config.str("CacheKey").unwrap_or("&d~&r~&a~&I"));
+            meta.push(dir.join(format!("{key}.metadata.cache")));
+            meta.push(dir.join(format!("{key}.keyring.cache")));
+        }
+        // Without a cache directory the repository metadata lives in the package cache.
+        meta.push(pkgcache.join("lib"));
+        let meta: Vec<PathBuf> = meta.into_iter().filter(|p| p.exists()).collect();
+        if !meta.is_empty() {
+            log::step(&format!("Clearing out metadata and keyring cache of {} image", config.image()));
+            tree::rmtree(&meta)?;
+        }
+    }
+    Ok(())
+}
+
+/// Run the `clean` verb: outputs; with `-f` also build directories and
+/// image caches (and the default tools tree); with `-ff` also repository
+/// metadata caches. Downloaded packages are never removed.
+pub fn clean(args: &Args, tools: Option<&Config>, images: &[Config], host: &Host, cwd: &Path) -> Result<()> {
+    if let Some(c) = images.iter().chain(tools).find(|c| !c.list("CleanScripts").is_empty()) {
+        return Err(BuildError::msg(format!("Not implemented yet: CleanScripts= (image {})", c.image())));
+    }
+    // Paths that depend on who runs mkosi are decided before becoming root.
+    let tools_cache = tools.map(|t| package_cache_dir(t, host));
+    let caches: Vec<PathBuf> = images.iter().map(|c| package_cache_dir(c, host)).collect();
+    // Outputs of unprivileged builds contain files owned by subordinate ids.
+    mkosi_sandbox::userns::become_root(host.user_name())?;
+    if let (Some(t), Some(cache), true) = (tools, tools_cache.as_deref(), args.force > 0) {
+        clean_image(args, t, cache, cwd)?;
+    }
+    for (config, cache) in images.iter().zip(&caches) {
+        clean_image(args, config, cache, cwd)?;
+    }
+    if let Some(dir) = args.directory.as_deref().and_then(|d| mkosi_config::finalize_configdir(Some(d))) {
+        tree::rmtree(&[dir.join(".mkosi-private/history")])?;
+    }
+    Ok(())
+}

@@ -36,7 +36,7 @@ fn no_configuration_found(images: &[Config], host: &Host, resources: &Path) -> R
 
 fn not_implemented(verb: Verb) -> anyhow::Error {
     anyhow::anyhow!(
-        "The '{}' verb is not implemented yet in this version of mkosi; only build, summary, cat-config, bump, \
+        "The '{}' verb is not implemented yet in this version of mkosi; only build, clean, summary, cat-config, bump, \
          genkey, completion, documentation, dependencies, init and help work so far",
         verb.as_str()
     )
@@ -93,6 +93,10 @@ pub fn run(cli: Cli, host: &Host, _root: &Path) -> Result<()> {
             let path = configdir.join("mkosi.version");
             std::fs::write(&path, version).with_context(|| format!("writing {}", path.display()))?;
             log::info(&format!("Wrote new version {version} to {}", path.display()));
+            Ok(())
+        }
+        Verb::Clean => {
+            mkosi_build::clean(&args, tools.as_ref(), &images, host, &cli.cwd)?;
             Ok(())
         }
         Verb::Build => {

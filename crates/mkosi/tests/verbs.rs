@@ -169,7 +169,7 @@ fn command_line_errors_exit_2() {
 #[test]
 fn unimplemented_verbs_say_so() {
     let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
-    for verb in ["clean", "shell", "boot", "vm", "ssh", "serve", "journalctl", "sysupdate"] {
+    for verb in ["shell", "boot", "vm", "ssh", "serve", "journalctl", "sysupdate"] {
         let o = mkosi(t.path(), &[verb]);
         assert_eq!(o.status.code(), Some(1), "{verb}");
         assert!(stderr(&o).contains("is not implemented yet"), "{verb}: {}", stderr(&o));
@@ -200,6 +200,21 @@ fn build_refuses_settings_it_cannot_build_yet() {
     let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
     let o = mkosi(t.path(), &["--format=disk", "build"]);
     assert!(stderr(&o).contains("Format=disk is not implemented yet"), "{}", stderr(&o));
+}
+
+#[test]
+fn clean_removes_outputs_only_of_this_configuration() {
+    let t = tree(&[("mkosi.conf", "[Output]\nImageId=img\nFormat=tar\n"), ("mkosi.output/keep.txt", "mine")]);
+    let out = t.path().join("mkosi.output");
+    for f in ["img.tar.zst", "img.SHA256SUMS", "img.manifest"] {
+        std::fs::write(out.join(f), "x").unwrap();
+    }
+    std::os::unix::fs::symlink("img.tar.zst", out.join("img")).unwrap();
+    let o = mkosi(t.path(), &["clean"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let left: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec!["keep.txt"]);
 }
 
 #[test]
