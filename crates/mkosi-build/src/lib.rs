@@ -124,6 +124,7 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
         let dir = config.output_dir_or_cwd(cwd);
         if args.force > 0 {
             clean_outputs(config, &dir)?;
+            scripts::run_clean_scripts(args, config, host, cwd)?;
         }
     }
 
@@ -151,9 +152,14 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     std::fs::create_dir_all(&package_dir).map_err(io("creating", &package_dir))?;
 
     for config in images {
+        scripts::run_sync_scripts(args, config, host, &run_dir.path, cwd)?;
+    }
+
+    for config in images {
         if config.output_format() == mkosi_config::enums::OutputFormat::None && config.list("BuildScripts").is_empty() {
             continue;
         }
+        scripts::check_scripts(config).map_err(|e| e.in_step(&format!("Checking image {}", config.image())))?;
         let ws = Workspace::new(&run_dir.path, args.debug_workspace)?;
         let mut ctx = Context::new(
             args,
@@ -257,9 +263,6 @@ fn clean_image(args: &Args, config: &Config, pkgcache: &Path, cwd: &Path) -> Res
 /// image caches (and the default tools tree); with `-ff` also repository
 /// metadata caches. Downloaded packages are never removed.
 pub fn clean(args: &Args, tools: Option<&Config>, images: &[Config], host: &Host, cwd: &Path) -> Result<()> {
-    if let Some(c) = images.iter().chain(tools).find(|c| !c.list("CleanScripts").is_empty()) {
-        return Err(BuildError::msg(format!("Not implemented yet: CleanScripts= (image {})", c.image())));
-    }
     // Paths that depend on who runs mkosi are decided before becoming root.
     let tools_cache = tools.map(|t| package_cache_dir(t, host));
     let caches: Vec<PathBuf> = images.iter().map(|c| package_cache_dir(c, host)).collect();
@@ -267,9 +270,11 @@ pub fn clean(args: &Args, tools: Option<&Config>, images: &[Config], host: &Host
     mkosi_sandbox::userns::become_root(host.user_name())?;
     if let (Some(t), Some(cache), true) = (tools, tools_cache.as_deref(), args.force > 0) {
         clean_image(args, t, cache, cwd)?;
+        scripts::run_clean_scripts(args, t, host, cwd)?;
     }
     for (config, cache) in images.iter().zip(&caches) {
         clean_image(args, config, cache, cwd)?;
+        scripts::run_clean_scripts(args, config, host, cwd)?;
     }
     if let Some(dir) = args.directory.as_deref().and_then(|d| mkosi_config::finalize_configdir(Some(d))) {
         tree::rmtree(&[dir.join(".mkosi-private/history")])?;

@@ -10,7 +10,7 @@ use mkosi_distro::PmEnv;
 use crate::context::Context;
 use crate::error::{io, BuildError, Result};
 use crate::tree;
-use crate::{log, outputs};
+use crate::{log, outputs, scripts};
 
 /// Settings whose effect is not implemented yet: using them fails the build
 /// instead of being silently ignored. Each module lists its own.
@@ -54,7 +54,7 @@ pub fn format_supported(format: OutputFormat) -> bool {
     matches!(format, OutputFormat::Directory | OutputFormat::Tar | OutputFormat::Cpio | OutputFormat::None)
 }
 
-fn pm_env(ctx: &Context) -> Result<PmEnv> {
+pub(crate) fn pm_env(ctx: &Context) -> Result<PmEnv> {
     Ok(PmEnv {
         root: ctx.root(),
         sandbox_tree: ctx.sandbox_tree(),
@@ -326,36 +326,50 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
 
     step(ctx, "Copying in skeleton trees", install_skeleton_trees)?;
     step(ctx, "Installing the distribution", install_distribution)?;
-    // HOOK(scripts): run_prepare_scripts(ctx, false)
-    // HOOK(scripts): install_build_packages(ctx)
-    // HOOK(scripts): run_prepare_scripts(ctx, true)
-    // HOOK(sysconfig): fixup_vmlinuz_location(ctx), run_depmod(ctx, true), run_hwdb(ctx)
+    step(ctx, "Running prepare scripts", |ctx| scripts::run_prepare_scripts(ctx, false))?;
+    step(ctx, "Installing build packages", scripts::install_build_packages)?;
+    step(ctx, "Running prepare scripts in the build overlay", |ctx| scripts::run_prepare_scripts(ctx, true))?;
+    step(ctx, "Fixing up the kernel location", crate::sysconfig::fixup_vmlinuz_location)?;
+    step(ctx, "Running depmod", |ctx| crate::sysconfig::run_depmod(ctx, true))?;
+    step(ctx, "Generating the hardware database", crate::sysconfig::run_hwdb)?;
     // HOOK(cache): save the incremental cache
     step(ctx, "Checking the root", check_root_populated)?;
-    // HOOK(scripts): run_build_scripts(ctx)
+    step(ctx, "Running build scripts", scripts::run_build_scripts)?;
 
     if config.output_format() == OutputFormat::None {
         return Ok(());
     }
 
-    // HOOK(scripts): install volatile packages, install_build_dest(ctx)
+    // HOOK(packages): install volatile packages
+    step(ctx, "Copying in the build tree", scripts::install_build_dest)?;
     step(ctx, "Copying in extra trees", install_extra_trees)?;
-    // HOOK(scripts): run_postinst_scripts(ctx)
-    // HOOK(sysconfig): fixup_vmlinuz_location, configure_autologin, configure_os_release,
-    //   configure_extension_release, configure_initrd, configure_ssh, configure_clock,
-    //   configure_verity_certificate, configure_mountpoints
+    step(ctx, "Running post-installation scripts", scripts::run_postinst_scripts)?;
+    step(ctx, "Fixing up the kernel location", crate::sysconfig::fixup_vmlinuz_location)?;
+    step(ctx, "Setting up autologin", crate::sysconfig::configure_autologin)?;
+    step(ctx, "Configuring os-release", crate::sysconfig::configure_os_release)?;
+    step(ctx, "Configuring extension-release", crate::sysconfig::configure_extension_release)?;
+    step(ctx, "Configuring the initrd", crate::sysconfig::configure_initrd)?;
+    step(ctx, "Configuring ssh", crate::sysconfig::configure_ssh)?;
+    step(ctx, "Configuring the clock epoch", crate::sysconfig::configure_clock)?;
+    step(ctx, "Installing the verity certificate", crate::sysconfig::configure_verity_certificate)?;
+    step(ctx, "Creating mount points", crate::sysconfig::configure_mountpoints)?;
     // HOOK(boot): bootloaders (systemd-boot, grub, shim)
-    // HOOK(sysconfig): run_locale_gen, run_sysusers, run_tmpfiles, run_preset, run_depmod, run_firstboot
+    step(ctx, "Generating locales", crate::sysconfig::run_locale_gen)?;
+    step(ctx, "Generating system users", crate::sysconfig::run_sysusers)?;
+    step(ctx, "Generating volatile files", crate::sysconfig::run_tmpfiles)?;
+    step(ctx, "Applying presets", crate::sysconfig::run_preset)?;
+    step(ctx, "Running depmod", |ctx| crate::sysconfig::run_depmod(ctx, false))?;
+    step(ctx, "Applying first boot settings", crate::sysconfig::run_firstboot)?;
     step(ctx, "Removing packages", remove_packages)?;
     // HOOK(outputs): record the package manifest
-    // HOOK(sysconfig): run_selinux_relabel(ctx)
+    step(ctx, "Relabeling files", crate::sysconfig::run_selinux_relabel)?;
     step(ctx, "Cleaning package manager metadata", clean_package_metadata)?;
     step(ctx, "Removing files", remove_files)?;
-    // HOOK(scripts): run_finalize_scripts(ctx)
+    step(ctx, "Running finalize scripts", scripts::run_finalize_scripts)?;
     step(ctx, "Removing /work", |ctx| tree::rmtree(&[ctx.root().join("work")]))?;
     step(ctx, "Clamping modification times", |ctx| normalize_mtime(&ctx.root(), ctx.config.int("SourceDateEpoch")))?;
     step(ctx, "Generating the output", outputs::make_output)?;
-    // HOOK(scripts): run_postoutput_scripts(ctx)
+    step(ctx, "Running post-output scripts", scripts::run_postoutput_scripts)?;
     step(ctx, "Moving outputs into place", outputs::finalize_staging)?;
     Ok(())
 }
