@@ -28,10 +28,20 @@ fn style() -> Style {
 /// Whether every image equals the configuration mkosi sees without any
 /// configuration (upstream compares against a parse from `/proc`).
 fn no_configuration_found(images: &[Config], host: &Host, resources: &Path) -> Result<bool> {
+    // Any configuration file read makes the image differ from the default.
+    if images.iter().any(|c| !c.list("Files").is_empty()) {
+        return Ok(false);
+    }
+    let default = default_config(host, resources)?;
+    Ok(images.iter().all(|c| *c == default))
+}
+
+/// The configuration mkosi sees without any configuration (upstream's
+/// `Config.default()`, parsed from `/proc`).
+fn default_config(host: &Host, resources: &Path) -> Result<Config> {
     let proc = Path::new("/proc");
-    let default = parse_config(Args::new(Verb::Build, Some(proc.to_path_buf())), &[], host, resources, proc)?;
-    let Some(default) = default.images.last() else { return Ok(false) };
-    Ok(images.iter().all(|c| c == default))
+    let parsed = parse_config(Args::new(Verb::Build, Some(proc.to_path_buf())), &[], host, resources, proc)?;
+    parsed.images.last().cloned().context("no default configuration")
 }
 
 fn not_implemented(verb: Verb) -> anyhow::Error {
@@ -56,7 +66,7 @@ pub fn run(cli: Cli, host: &Host, _root: &Path) -> Result<()> {
 
     let resources = resources::resources_dir(host)?;
     let parsed = parse_config(cli.args, &cli.assignments, host, &resources, &cli.cwd)?;
-    let Parsed { args, tools, images, history: _ } = parsed;
+    let Parsed { args, tools, images, history } = parsed;
 
     if no_configuration_found(&images, host, &resources)? {
         return Err(mkosi_config::Error::new("No configuration found")
@@ -85,31 +95,49 @@ pub fn run(cli: Cli, host: &Host, _root: &Path) -> Result<()> {
             page(&text, args.pager)
         }
         Verb::CatConfig => page(&cat_config(&images, &cli.cwd, style()), args.pager),
-        Verb::Bump => {
-            let configdir = finalize_configdir(args.directory.as_deref())
-                .context("Image version cannot be finalized with empty --directory")?;
-            let last = images.last().context("no image")?;
-            let version = last.image_version().context("no image version was computed")?;
-            let path = configdir.join("mkosi.version");
-            std::fs::write(&path, version).with_context(|| format!("writing {}", path.display()))?;
-            log::info(&format!("Wrote new version {version} to {}", path.display()));
-            Ok(())
-        }
+        Verb::Bump => write_bumped_version(&args, &images),
         Verb::Clean => {
             mkosi_build::clean(&args, tools.as_ref(), &images, host, &cli.cwd)?;
             Ok(())
         }
         Verb::Build => {
-            if !args.cmdline.is_empty() {
-                return Err(anyhow::anyhow!(
-                    "Arguments after 'build' are passed to build scripts, which are not implemented yet"
-                ));
+            let images = if images.iter().any(|c| !c.list("ConfigureScripts").is_empty()) {
+                let defaults = default_config(host, &resources)?;
+                mkosi_build::scripts::run_configure_scripts(&args, &images, host, &cli.cwd, &defaults)?
+            } else {
+                images
+            };
+            if let Some((path, json)) = &history {
+                write_history(path, json)?;
             }
             mkosi_build::build(&args, &images, host, &cli.cwd)?;
+            if args.auto_bump {
+                write_bumped_version(&args, &images)?;
+            }
             Ok(())
         }
         verb => Err(not_implemented(verb)),
     }
+}
+
+/// Save the command line of a build for later verbs (`History=yes`).
+fn write_history(path: &Path, json: &serde_json::Value) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, json::dump(json)).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Write the (bumped) image version to `mkosi.version` (`bump`, `-B`).
+fn write_bumped_version(args: &Args, images: &[Config]) -> Result<()> {
+    let configdir = finalize_configdir(args.directory.as_deref())
+        .context("Image version cannot be finalized with empty --directory")?;
+    let last = images.last().context("no image")?;
+    let version = last.image_version().context("no image version was computed")?;
+    let path = configdir.join("mkosi.version");
+    std::fs::write(&path, version).with_context(|| format!("writing {}", path.display()))?;
+    log::info(&format!("Wrote new version {version} to {}", path.display()));
+    Ok(())
 }
 
 fn init(host: &Host) -> Result<()> {

@@ -181,7 +181,7 @@ fn build_refuses_settings_it_cannot_build_yet() {
     // The check happens before anything is downloaded or built.
     let t = tree(&[(
         "mkosi.conf",
-        "[Output]\nFormat=directory\n[Content]\nPackages=a\nHostname=x\n[Build]\nIncremental=yes\n",
+        "[Output]\nFormat=directory\nManifestFormat=json\n[Content]\nPackages=a\n[Build]\nIncremental=yes\n",
     )]);
     let o = mkosi(
         t.path(),
@@ -195,7 +195,7 @@ fn build_refuses_settings_it_cannot_build_yet() {
     );
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("Not implemented yet: Hostname=, Incremental="), "{e}");
+    assert!(e.contains("Not implemented yet: ManifestFormat=, Incremental="), "{e}");
     assert!(!t.path().join("cache").exists(), "nothing was prepared");
     let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
     let o = mkosi(t.path(), &["--format=disk", "build"]);
