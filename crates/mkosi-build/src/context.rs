@@ -101,49 +101,7 @@ impl<'a> Context<'a> {
     /// The environment of scripts and package managers from `Environment=`
     /// and friends (upstream's `Config.finalize_environment()`).
     pub fn environment(&self) -> Vec<(String, String)> {
-        let c = self.config;
-        let mut env: Vec<(String, String)> = vec![
-            ("SYSTEMD_TMPFILES_FORCE_SUBVOL".into(), "0".into()),
-            ("SYSTEMD_ASK_PASSWORD_KEYRING_TIMEOUT_SEC".into(), "infinity".into()),
-            ("SYSTEMD_ASK_PASSWORD_KEYRING_TYPE".into(), "session".into()),
-            ("TERM".into(), crate::scripts::finalize_term(self.host)),
-        ];
-        if c.image() != "main" {
-            env.push(("SUBIMAGE".into(), c.image().into()));
-        }
-        if let Some(id) = c.image_id() {
-            env.push(("IMAGE_ID".into(), id.into()));
-        }
-        if let Some(v) = c.image_version() {
-            env.push(("IMAGE_VERSION".into(), v.into()));
-        }
-        if let Some(e) = c.int("SourceDateEpoch") {
-            env.push(("SOURCE_DATE_EPOCH".into(), e.to_string()));
-        }
-        if let Some(proxy) = c.str("ProxyUrl") {
-            for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
-                env.push((k.into(), proxy.into()));
-            }
-        }
-        let exclude = c.strings("ProxyExclude");
-        if !exclude.is_empty() {
-            for k in ["no_proxy", "NO_PROXY"] {
-                env.push((k.into(), exclude.join(",")));
-            }
-        }
-        for file in c.paths("EnvironmentFiles") {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                for (k, v) in mkosi_config::host::read_env_file(&text) {
-                    env.retain(|(n, _)| *n != k);
-                    env.push((k, v));
-                }
-            }
-        }
-        for (k, v) in c.map("Environment") {
-            env.retain(|(n, _)| *n != k);
-            env.push((k, v));
-        }
-        env
+        finalize_environment(self.config, self.host)
     }
 
     /// The base sandbox: the host's `/usr` read-only, `/etc` and friends from
@@ -233,4 +191,51 @@ impl<'a> Context<'a> {
         }
         Ok(o)
     }
+}
+
+/// The environment of scripts and package managers (upstream's
+/// `Config.finalize_environment()`).
+pub fn finalize_environment(c: &Config, host: &Host) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("SYSTEMD_TMPFILES_FORCE_SUBVOL".into(), "0".into()),
+        ("SYSTEMD_ASK_PASSWORD_KEYRING_TIMEOUT_SEC".into(), "infinity".into()),
+        ("SYSTEMD_ASK_PASSWORD_KEYRING_TYPE".into(), "session".into()),
+        ("TERM".into(), crate::scripts::finalize_term(host)),
+    ];
+    if c.image() != "main" {
+        env.push(("SUBIMAGE".into(), c.image().into()));
+    }
+    if let Some(id) = c.image_id() {
+        env.push(("IMAGE_ID".into(), id.into()));
+    }
+    if let Some(v) = c.image_version() {
+        env.push(("IMAGE_VERSION".into(), v.into()));
+    }
+    if let Some(e) = c.int("SourceDateEpoch") {
+        env.push(("SOURCE_DATE_EPOCH".into(), e.to_string()));
+    }
+    if let Some(proxy) = c.str("ProxyUrl") {
+        for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+            env.push((k.into(), proxy.into()));
+        }
+    }
+    let exclude = c.strings("ProxyExclude");
+    if !exclude.is_empty() {
+        for k in ["no_proxy", "NO_PROXY"] {
+            env.push((k.into(), exclude.join(",")));
+        }
+    }
+    for file in c.paths("EnvironmentFiles") {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for (k, v) in mkosi_config::host::read_env_file(&text) {
+                env.retain(|(n, _)| *n != k);
+                env.push((k, v));
+            }
+        }
+    }
+    for (k, v) in c.map("Environment") {
+        env.retain(|(n, _)| *n != k);
+        env.push((k, v));
+    }
+    env
 }

@@ -5,6 +5,7 @@
 //! prepares caches and a workspace, and builds every image in order
 //! ([`pipeline::build_image`]), each as a list of named, timed steps.
 
+pub mod cache;
 pub mod context;
 pub mod error;
 pub mod log;
@@ -45,6 +46,91 @@ pub fn package_cache_dir(config: &Config, host: &Host) -> PathBuf {
 /// Whether the main output of `config` exists in `outdir`.
 fn output_exists(config: &Config, outdir: &Path) -> bool {
     std::fs::symlink_metadata(outdir.join(config.output_with_compression())).is_ok()
+}
+
+fn check_cache_settings(config: &Config) -> Result<()> {
+    use mkosi_config::enums::{CacheOnly, Incremental};
+    let has_cache_dir = config.path("CacheDirectory").is_some();
+    if cache::is_incremental(config) && !has_cache_dir {
+        return Err(BuildError::msg("A cache directory must be configured in order to use --incremental=yes"));
+    }
+    if config.incremental() != Incremental::No && config.cache_only() == CacheOnly::Never {
+        return Err(BuildError::msg("--cache-only=never cannot be used with --incremental=yes"));
+    }
+    if matches!(config.cache_only(), CacheOnly::Always | CacheOnly::Metadata) && !has_cache_dir {
+        return Err(BuildError::msg(format!(
+            "A cache directory must be configured in order to use CacheOnly={}",
+            config.cache_only()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether repository metadata must be synced before building (upstream's
+/// `repository_metadata_needs_sync`, driven by `CacheOnly=`).
+pub fn metadata_needs_sync(images: &[Config], host: &Host) -> bool {
+    use mkosi_config::enums::CacheOnly;
+    if images.iter().any(|c| c.cache_only() == CacheOnly::Never) {
+        return true;
+    }
+    let auto: Vec<&Config> = images.iter().filter(|c| c.cache_only() == CacheOnly::Auto).collect();
+    if auto.is_empty() {
+        log::info("Skipping package manager metadata sync: no images with 'CacheOnly=auto'");
+        return false;
+    }
+    let incremental: Vec<&&Config> = auto.iter().filter(|c| cache::is_incremental(c)).collect();
+    if incremental.is_empty() {
+        return true;
+    }
+    let has_manifest = |c: &Config| cache::paths(c).is_some_and(|(_, _, m)| m.exists());
+    if incremental.iter().all(|c| !has_manifest(c)) {
+        return true;
+    }
+    if incremental.iter().all(|c| has_manifest(c)) {
+        let fresh = incremental.iter().all(|c| cache::have_cache(c, &context::finalize_environment(c, host)));
+        if fresh {
+            log::info("Skipping package manager metadata sync: all incremental image caches are up to date");
+        }
+        return !fresh;
+    }
+    log::info("Skipping package manager metadata sync: some images have a cache and some do not");
+    false
+}
+
+/// Sync repository metadata with the configuration of `config` (the main image).
+#[allow(clippy::too_many_arguments)]
+fn sync_metadata(
+    args: &Args,
+    config: &Config,
+    host: &Host,
+    run_dir: &Path,
+    metadata_dir: &Path,
+    pkgcache: &Path,
+    package_dir: &Path,
+    cwd: &Path,
+) -> Result<()> {
+    if mkosi_distro::package_manager(config)? != "apt" {
+        return Ok(());
+    }
+    let ws = Workspace::new(run_dir, args.debug_workspace)?;
+    let ctx = Context::new(
+        args,
+        config,
+        host,
+        ws.path.clone(),
+        metadata_dir.to_path_buf(),
+        pkgcache.to_path_buf(),
+        package_dir.to_path_buf(),
+        cwd.to_path_buf(),
+    )?;
+    std::fs::create_dir_all(ctx.root()).map_err(io("creating", ctx.root()))?;
+    pipeline::install_sandbox_trees(&ctx)?;
+    let env = pipeline::pm_env(&ctx)?;
+    let apt = mkosi_distro::apt::Apt::new(config, &env);
+    apt.setup()?;
+    log::step("Syncing package manager metadata");
+    apt.sync()?;
+    Ok(())
 }
 
 /// Remove the outputs of an image from the output directory.
@@ -102,6 +188,7 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
 
     for config in images {
         pipeline::check_supported(config).map_err(|e| e.in_step(&format!("Checking image {}", config.image())))?;
+        check_cache_settings(config).map_err(|e| e.in_step(&format!("Checking image {}", config.image())))?;
     }
 
     let outdir = last.output_dir_or_cwd(cwd);
@@ -150,6 +237,38 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     let run_dir = Workspace::new(&workspace_parent, args.debug_workspace)?;
     let package_dir = run_dir.path.join("packages");
     std::fs::create_dir_all(&package_dir).map_err(io("creating", &package_dir))?;
+
+    // Stale incremental caches are dropped; repository metadata is synced
+    // once for the whole run (with the main image's configuration).
+    let needs_sync = metadata_needs_sync(images, host);
+    for config in images {
+        let env = context::finalize_environment(config, host);
+        let stale = cache::is_incremental(config) && !cache::have_cache(config, &env);
+        if args.force > 1 || stale || (needs_sync && cache::is_incremental(config)) {
+            if let Some((a, b, c)) = cache::paths(config) {
+                let existing: Vec<PathBuf> =
+                    [a, b, c].into_iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).collect();
+                if !existing.is_empty() {
+                    log::step(&format!("Removing cache entries of {} image", config.image()));
+                    tree::rmtree(&existing)?;
+                }
+            }
+        }
+    }
+    for config in images {
+        if config.incremental() == mkosi_config::enums::Incremental::Strict
+            && !cache::have_cache(config, &context::finalize_environment(config, host))
+        {
+            return Err(BuildError::hint(
+                format!("Strict incremental mode is enabled but the cache of image {} is out of date", config.image()),
+                "Build once without --incremental=strict to refresh the cache",
+            ));
+        }
+    }
+    if needs_sync {
+        sync_metadata(args, last, host, &run_dir.path, &metadata_dir, &pkgcache, &package_dir, cwd)
+            .map_err(|e| e.in_step("Syncing package manager metadata"))?;
+    }
 
     for config in images {
         scripts::run_sync_scripts(args, config, host, &run_dir.path, cwd)?;

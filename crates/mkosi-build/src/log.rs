@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 static TIMING: AtomicBool = AtomicBool::new(false);
+static DEBUG: AtomicBool = AtomicBool::new(false);
 
 /// Print the duration of each step (`--debug-timing`).
 pub fn set_timing(on: bool) {
@@ -40,6 +41,18 @@ pub fn step(text: &str) {
 /// A plain notice.
 pub fn info(text: &str) {
     eprintln!("{text}");
+}
+
+/// A message shown with `--debug`.
+pub fn debug(text: &str) {
+    if DEBUG.load(Ordering::Relaxed) {
+        eprintln!("{text}");
+    }
+}
+
+/// Show debug messages.
+pub fn set_debug(on: bool) {
+    DEBUG.store(on, Ordering::Relaxed);
 }
 
 pub fn warn(text: &str) {

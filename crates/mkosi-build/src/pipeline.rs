@@ -27,9 +27,6 @@ pub fn unsupported_settings(c: &mkosi_config::Config) -> Vec<String> {
     if c.bool("Overlay") {
         out.push("Overlay=yes".into());
     }
-    if c.incremental() != mkosi_config::enums::Incremental::No {
-        out.push("Incremental=".into());
-    }
     out
 }
 
@@ -303,7 +300,12 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     check_supported(config)?;
 
     step(ctx, "Copying in sandbox trees", install_sandbox_trees)?;
-    // HOOK(base trees): mount/install BaseTrees=, reuse the incremental cache.
+    // HOOK(base trees): mount/install BaseTrees=.
+    let mut cached = false;
+    step(ctx, "Reusing the cached image", |ctx| {
+        cached = crate::cache::reuse(ctx)?;
+        Ok(())
+    })?;
     step(ctx, "Creating the root directory", |ctx| {
         let root = ctx.root();
         std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
@@ -316,23 +318,23 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
             let env = pm_env(ctx)?;
             Ok(Apt::new(ctx.config, &env).setup()?)
         })?;
-        step(ctx, "Syncing package manager metadata", |ctx| {
-            log::step("Syncing package manager metadata");
-            let env = pm_env(ctx)?;
-            Ok(Apt::new(ctx.config, &env).sync()?)
-        })?;
     }
     // HOOK(repository): local repository from PackageDirectories=/$PACKAGEDIR.
 
-    step(ctx, "Copying in skeleton trees", install_skeleton_trees)?;
-    step(ctx, "Installing the distribution", install_distribution)?;
-    step(ctx, "Running prepare scripts", |ctx| scripts::run_prepare_scripts(ctx, false))?;
-    step(ctx, "Installing build packages", scripts::install_build_packages)?;
-    step(ctx, "Running prepare scripts in the build overlay", |ctx| scripts::run_prepare_scripts(ctx, true))?;
-    step(ctx, "Fixing up the kernel location", crate::sysconfig::fixup_vmlinuz_location)?;
-    step(ctx, "Running depmod", |ctx| crate::sysconfig::run_depmod(ctx, true))?;
-    step(ctx, "Generating the hardware database", crate::sysconfig::run_hwdb)?;
-    // HOOK(cache): save the incremental cache
+    if !cached {
+        step(ctx, "Copying in skeleton trees", install_skeleton_trees)?;
+        step(ctx, "Installing the distribution", install_distribution)?;
+        step(ctx, "Running prepare scripts", |ctx| scripts::run_prepare_scripts(ctx, false))?;
+        step(ctx, "Installing build packages", scripts::install_build_packages)?;
+        step(ctx, "Running prepare scripts in the build overlay", |ctx| scripts::run_prepare_scripts(ctx, true))?;
+        step(ctx, "Fixing up the kernel location", crate::sysconfig::fixup_vmlinuz_location)?;
+        step(ctx, "Running depmod", |ctx| crate::sysconfig::run_depmod(ctx, true))?;
+        step(ctx, "Generating the hardware database", crate::sysconfig::run_hwdb)?;
+        if crate::cache::is_incremental(config) {
+            step(ctx, "Saving the cached image", crate::cache::save)?;
+            step(ctx, "Reusing the cached image", |ctx| crate::cache::reuse(ctx).map(|_| ()))?;
+        }
+    }
     step(ctx, "Checking the root", check_root_populated)?;
     step(ctx, "Running build scripts", scripts::run_build_scripts)?;
 

@@ -88,6 +88,18 @@ pub fn install_tree(src: &Path, dst: &Path, target: Option<&Path>, preserve: boo
     }
 }
 
+/// Move a tree: rename when possible, else copy and remove the source.
+pub fn move_tree(src: &Path, dst: &Path) -> Result<()> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    }
+    if std::fs::rename(src, dst).is_ok() {
+        return Ok(());
+    }
+    copy_tree(src, dst, true)?;
+    rmtree(&[src.to_path_buf()])
+}
+
 /// Remove paths recursively (missing ones are fine).
 pub fn rmtree(paths: &[PathBuf]) -> Result<()> {
     for p in paths {
