@@ -207,10 +207,11 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     // Everything below runs as root, in a user namespace when we are not root.
     mkosi_sandbox::userns::become_root(host.user_name())?;
 
+    let mut run_timings = log::Timings::default();
     for config in images {
         let dir = config.output_dir_or_cwd(cwd);
         if args.force > 0 {
-            clean_outputs(config, &dir)?;
+            run_timings.step("Removing previous outputs", || clean_outputs(config, &dir))?;
             scripts::run_clean_scripts(args, config, host, cwd)?;
         }
     }
@@ -266,8 +267,14 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
         }
     }
     if needs_sync {
-        sync_metadata(args, last, host, &run_dir.path, &metadata_dir, &pkgcache, &package_dir, cwd)
+        run_timings
+            .step("Syncing package manager metadata", || {
+                sync_metadata(args, last, host, &run_dir.path, &metadata_dir, &pkgcache, &package_dir, cwd)
+            })
             .map_err(|e| e.in_step("Syncing package manager metadata"))?;
+    }
+    if args.debug_timing && !run_timings.steps.is_empty() {
+        log::info(&format!("Step durations before building:\n{}", run_timings.report()));
     }
 
     for config in images {

@@ -129,21 +129,9 @@ fn install_extra_trees(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Bootstrap the distribution and install `Packages=`.
-fn install_distribution(ctx: &Context) -> Result<()> {
+/// Write `/etc/machine-id` and create the boot loader directories.
+fn prepare_root(ctx: &Context) -> Result<()> {
     let root = ctx.root();
-    let packages = ctx.config.strings("Packages");
-    match mkosi_distro::package_manager(ctx.config)? {
-        "custom" => {}
-        _ => {
-            let env = pm_env(ctx)?;
-            let apt = Apt::new(ctx.config, &env);
-            let scratch = ctx.scratch("bootstrap")?;
-            log::step(&format!("Installing {}", ctx.config.distribution().pretty_name()));
-            apt.bootstrap(&scratch)?;
-        }
-    }
-
     let machine_id = root.join("etc/machine-id");
     std::fs::create_dir_all(root.join("etc")).map_err(io("creating", root.join("etc")))?;
     let id = match ctx.config.str("MachineId") {
@@ -164,11 +152,26 @@ fn install_distribution(ctx: &Context) -> Result<()> {
     if !srel.exists() {
         std::fs::write(&srel, "type1\n").map_err(io("writing", &srel))?;
     }
+    Ok(())
+}
 
-    if !packages.is_empty() && ctx.config.distribution() != mkosi_config::enums::Distribution::Custom {
-        let env = pm_env(ctx)?;
-        log::step(&format!("Installing packages: {}", packages.join(" ")));
-        Apt::new(ctx.config, &env).install(&packages, true, false)?;
+/// Bootstrap the distribution and install `Packages=`.
+fn install_distribution(ctx: &Context) -> Result<()> {
+    let root = ctx.root();
+    let packages = ctx.config.strings("Packages");
+    match mkosi_distro::package_manager(ctx.config)? {
+        "apt" => {
+            let env = pm_env(ctx)?;
+            let apt = Apt::new(ctx.config, &env);
+            let scratch = ctx.scratch("bootstrap")?;
+            log::step(&format!("Installing {}", ctx.config.distribution().pretty_name()));
+            if !packages.is_empty() {
+                log::step(&format!("Installing packages: {}", packages.join(" ")));
+            }
+            let mut prepare = || prepare_root(ctx).map_err(|e| mkosi_distro::DistroError::Config(e.to_string()));
+            apt.bootstrap(&scratch, &packages, &mut prepare)?;
+        }
+        _ => prepare_root(ctx)?,
     }
 
     for f in [

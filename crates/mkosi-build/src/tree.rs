@@ -106,8 +106,11 @@ pub fn rmtree(paths: &[PathBuf]) -> Result<()> {
         match std::fs::symlink_metadata(p) {
             Err(_) => continue,
             Ok(m) if m.is_dir() => {
-                make_writable(p);
-                std::fs::remove_dir_all(p).map_err(io("removing", p))?;
+                if std::fs::remove_dir_all(p).is_err() {
+                    // Directories without write permission (0500 /boot…) block removal.
+                    make_writable(p);
+                    std::fs::remove_dir_all(p).map_err(io("removing", p))?;
+                }
             }
             Ok(_) => std::fs::remove_file(p).map_err(io("removing", p))?,
         }

@@ -16,6 +16,31 @@ use crate::{io, DistroError, PmEnv, Result};
 pub const DOC_EXCLUDES: &[&str] =
     &["usr/share/doc/*", "usr/share/man/*", "usr/share/groff/*", "usr/share/gtk-doc/*", "usr/share/info/*"];
 
+/// The apt source of the local package repository (mounted at `/repository`).
+pub const LOCAL_SOURCES: &str = "Enabled: yes\nTypes: deb\nURIs: file:///repository\nSuites: ./\nTrusted: yes\n";
+
+/// Packages from the local repository (which has no origin) win over all others.
+pub const LOCAL_PREFERENCES: &str = "Package: *\nPin: origin \"\"\nPin-Priority: 1100\n";
+
+/// Whether a file name is a package apt can install from a local repository.
+pub fn is_package_file(name: &str) -> bool {
+    name.ends_with(".deb") || name.ends_with(".ddeb")
+}
+
+/// The package files directly in `dir`, sorted by name.
+pub fn local_packages(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("reading", dir))? {
+        let entry = entry.map_err(io("reading", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_package_file(&name) && !name.starts_with('.') && !entry.path().is_dir() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 pub struct Apt<'a> {
     pub config: &'a Config,
     pub env: &'a PmEnv,
@@ -314,6 +339,57 @@ impl<'a> Apt<'a> {
         self.invoke("purge", packages, true, vec![], Sink::Inherit)
     }
 
+    /// Turn the local package repository (`/repository`) into an apt
+    /// repository: a `Packages` index from `apt-ftparchive`, a source that
+    /// is trusted and pinned above every other one (so its packages win,
+    /// even when older), and an `apt-get update` of just that source.
+    /// Does nothing while the repository holds no packages.
+    pub fn createrepo(&self) -> Result<()> {
+        let repo = &self.env.repository;
+        if local_packages(repo)?.is_empty() {
+            return Ok(());
+        }
+        let inside = Path::new("/work").join(repo.strip_prefix("/").unwrap_or(repo));
+        let mut options = self.env.base.clone();
+        options.ops.push(bind(repo, &inside, true, true));
+        options.chdir = Some(inside);
+        let index = repo.join("Packages");
+        run::run(&Cmd::new(["apt-ftparchive", "packages", "."]).sandbox(options).stdout(Sink::File(index)))?;
+
+        let tree = &self.env.sandbox_tree;
+        for (dir, file, text) in [
+            ("etc/apt/sources.list.d", "mkosi-local.sources", LOCAL_SOURCES),
+            ("etc/apt/preferences.d", "mkosi-local.pref", LOCAL_PREFERENCES),
+        ] {
+            let d = tree.join(dir);
+            std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
+            std::fs::write(d.join(file), text).map_err(io("writing", d.join(file)))?;
+        }
+
+        let args: Vec<String> = [
+            "-o",
+            "Dir::Etc::sourcelist=sources.list.d/mkosi-local.sources",
+            "-o",
+            "Dir::Etc::sourceparts=-",
+            "-o",
+            "APT::Get::List-Cleanup=0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.invoke("update", &args, false, vec![], Sink::Inherit)
+    }
+
+    /// The changelog of an installed package as `apt-get changelog` prints
+    /// it (from the image's `/usr/share/doc` when there, else downloaded).
+    pub fn changelog(&self, package: &str) -> Result<String> {
+        let mut argv = self.cmd("apt-get")?;
+        argv.extend(["changelog", "--quiet", "--quiet", "-o", "Dir=/buildroot", package].map(str::to_string));
+        let cmd = Cmd::new(argv).sandbox(self.sandbox(false, vec![])).env(self.environment()).stdout(Sink::Capture);
+        let out = run::run(&cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Write the image's own sources (default mirror) when apt is installed.
     fn install_sources_in_image(&self) -> Result<()> {
         let p = self.env.root.join(format!("etc/apt/sources.list.d/{}.sources", self.config.release()));
@@ -331,7 +407,14 @@ impl<'a> Apt<'a> {
     /// merged /usr, download the essential packages, extract them so
     /// maintainer scripts find a shell and coreutils, then install them
     /// properly. `workdir` is a scratch directory on the host.
-    pub fn bootstrap(&self, workdir: &Path) -> Result<Vec<String>> {
+    /// `prepare` runs after the essential packages are extracted and before
+    /// they are installed together with `packages`, in one apt run.
+    pub fn bootstrap(
+        &self,
+        workdir: &Path,
+        packages: &[String],
+        prepare: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<String>> {
         let root = &self.env.root;
         let arch = self.arch()?;
         for d in debian::merged_usr_dirs(&arch) {
@@ -383,8 +466,9 @@ impl<'a> Apt<'a> {
         }
 
         crate::deb::extract_all(&debs, root, !self.config.bool("WithDocs"))?;
+        prepare()?;
 
-        let names: Vec<String> = debs
+        let mut names: Vec<String> = debs
             .iter()
             .filter_map(|d| d.file_name())
             .map(|n| {
@@ -392,6 +476,9 @@ impl<'a> Apt<'a> {
                 n.split('_').next().unwrap_or(&n).trim_end_matches(".deb").to_string()
             })
             .collect();
+        // One apt run configures the essential set and installs the requested
+        // packages; apt orders the maintainer scripts.
+        names.extend(packages.iter().cloned());
         self.install(&names, true, false)?;
         debian::fixup_os_release(root, self.config.release()).map_err(io("fixing os-release in", root))?;
         Ok(names)
@@ -401,4 +488,38 @@ impl<'a> Apt<'a> {
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_repository_files() {
+        assert!(is_package_file("foo_1.0_all.deb"));
+        assert!(is_package_file("foo-dbgsym_1.0_amd64.ddeb"));
+        assert!(!is_package_file("foo.rpm"));
+        assert!(!is_package_file("Packages"));
+
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["b_1_all.deb", "a_1_all.deb", "c.ddeb", ".hidden.deb", "Packages", "x.rpm"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("dir.deb")).unwrap();
+        let names: Vec<String> = local_packages(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["a_1_all.deb", "b_1_all.deb", "c.ddeb"]);
+    }
+
+    #[test]
+    fn local_repository_configuration() {
+        assert_eq!(
+            LOCAL_SOURCES,
+            "Enabled: yes\nTypes: deb\nURIs: file:///repository\nSuites: ./\nTrusted: yes\n"
+        );
+        assert_eq!(LOCAL_PREFERENCES, "Package: *\nPin: origin \"\"\nPin-Priority: 1100\n");
+    }
 }
