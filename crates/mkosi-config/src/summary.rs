@@ -563,7 +563,9 @@ pub fn summary(config: &Config, host: &Host, cwd: &Path, style: Style) -> String
             b("HOST CONFIGURATION"),
             or_word(g("NSpawnSettings"), "none"),
             py_str(g("Ephemeral")),
-            join_strings(&credentials),
+            // Upstream passes a generator to line_join_list(), which is
+            // always true: no credentials show as an empty value, not "none".
+            credentials.join(INDENT),
             list("KernelCommandLineExtra"),
             list("RuntimeTrees"),
             bytes_or_none(g("RuntimeSize")),
