@@ -1263,6 +1263,8 @@ mod tests {
         let tree = std::fs::canonicalize(tmp.path()).unwrap().join("tree");
         copy_tree(&data_dir().join("tree"), &tree);
         std::fs::set_permissions(tree.join("secret.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The expected messages quote this mode; a checkout with another umask must not matter.
+        std::fs::set_permissions(tree.join("file.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
         let tree_s = tree.to_string_lossy().into_owned();
 
         let mut failures = Vec::new();

@@ -99,6 +99,7 @@ impl Scratch {
         std::fs::create_dir_all(&home).unwrap();
         copy_tree(&data_dir().join("tree"), &tree);
         std::fs::set_permissions(tree.join("secret.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(tree.join("file.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
         Scratch { _tmp: tmp, tree, home }
     }
 
