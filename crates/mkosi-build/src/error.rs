@@ -17,6 +17,8 @@ pub enum BuildError {
     Sandbox(#[from] mkosi_sandbox::SandboxError),
     #[error(transparent)]
     Config(#[from] mkosi_config::Error),
+    #[error(transparent)]
+    Repart(#[from] crate::repart::RepartError),
     #[error("{what} {}: {source}", path.display())]
     Io { what: String, path: PathBuf, source: std::io::Error },
     #[error("{message}")]
@@ -46,6 +48,7 @@ impl BuildError {
             BuildError::Step { source, .. } => source.hint_text(),
             BuildError::Message { hint, .. } => hint.as_deref(),
             BuildError::Config(c) => c.hint.as_deref(),
+            BuildError::Repart(r) => r.hint_text(),
             _ => None,
         }
     }

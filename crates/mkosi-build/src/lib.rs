@@ -5,14 +5,20 @@
 //! prepares caches and a workspace, and builds every image in order
 //! ([`pipeline::build_image`]), each as a list of named, timed steps.
 
+pub mod basetrees;
+pub mod box_verb;
 pub mod cache;
 pub mod context;
 pub mod error;
 pub mod log;
+pub mod manifest;
 pub mod outputs;
 pub mod pipeline;
 pub mod progress;
+pub mod repart;
+pub mod repository;
 pub mod scripts;
+pub mod signature;
 pub mod sysconfig;
 pub mod tree;
 
@@ -184,6 +190,7 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     let Some(last) = images.last() else { return Ok(()) };
     log::set_timing(args.debug_timing);
     mkosi_sandbox::run::set_debug(args.debug);
+    mkosi_sandbox::run::set_debug_shell(args.debug_shell);
     mkosi_sandbox::run::install_signal_handlers();
 
     for config in images {

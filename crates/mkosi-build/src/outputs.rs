@@ -14,15 +14,8 @@ use crate::error::{io, BuildError, Result};
 use crate::tree;
 
 /// Output settings not implemented yet (see `pipeline::unsupported_settings`).
-pub fn unsupported(c: &mkosi_config::Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if !c.list("ManifestFormat").is_empty() {
-        out.push("ManifestFormat=".into());
-    }
-    if c.bool("Sign") {
-        out.push("Sign=yes".into());
-    }
-    out
+pub fn unsupported(_c: &mkosi_config::Config) -> Vec<String> {
+    Vec::new()
 }
 
 /// Every file name a build of `config` may produce (used to clean up before rebuilding).
@@ -178,6 +171,9 @@ pub fn make_output(ctx: &Context) -> Result<()> {
         let p = staging.join(format!("{}.SHA256SUMS", c.output()));
         std::fs::write(&p, sums).map_err(io("writing", &p))?;
     }
+    // Neither the checksums nor the signature cover the manifests.
+    crate::signature::calculate_signature(ctx)?;
+    crate::manifest::save(ctx)?;
 
     let base = staging.join(c.output());
     if std::fs::symlink_metadata(&base).is_err() {

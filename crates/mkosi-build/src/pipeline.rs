@@ -18,12 +18,6 @@ pub fn unsupported_settings(c: &mkosi_config::Config) -> Vec<String> {
     let mut out = crate::scripts::unsupported(c);
     out.extend(crate::sysconfig::unsupported(c));
     out.extend(outputs::unsupported(c));
-    let nonempty = |f: &str| !c.list(f).is_empty();
-    for f in ["BaseTrees", "VolatilePackages", "PackageDirectories", "VolatilePackageDirectories"] {
-        if nonempty(f) {
-            out.push(format!("{f}="));
-        }
-    }
     if c.bool("Overlay") {
         out.push("Overlay=yes".into());
     }
@@ -160,6 +154,7 @@ fn install_distribution(ctx: &Context) -> Result<()> {
     let root = ctx.root();
     let packages = ctx.config.strings("Packages");
     match mkosi_distro::package_manager(ctx.config)? {
+        _ if !ctx.config.list("BaseTrees").is_empty() => crate::basetrees::install_packages(ctx)?,
         "apt" => {
             let env = pm_env(ctx)?;
             let apt = Apt::new(ctx.config, &env);
@@ -301,9 +296,11 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     let config = ctx.config;
     log::header(&format!("Building {} image", config.image()));
     check_supported(config)?;
+    // With base trees, the manifest lists what is installed from now on.
+    let started = crate::manifest::now();
 
     step(ctx, "Copying in sandbox trees", install_sandbox_trees)?;
-    // HOOK(base trees): mount/install BaseTrees=.
+    step(ctx, "Copying in base trees", crate::basetrees::install_base_trees)?;
     let mut cached = false;
     step(ctx, "Reusing the cached image", |ctx| {
         cached = crate::cache::reuse(ctx)?;
@@ -322,7 +319,10 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
             Ok(Apt::new(ctx.config, &env).setup()?)
         })?;
     }
-    // HOOK(repository): local repository from PackageDirectories=/$PACKAGEDIR.
+    let wantrepo = crate::repository::wanted(config, cached);
+    if wantrepo {
+        step(ctx, "Setting up the local package repository", crate::repository::setup)?;
+    }
 
     if !cached {
         step(ctx, "Copying in skeleton trees", install_skeleton_trees)?;
@@ -345,7 +345,10 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
         return Ok(());
     }
 
-    // HOOK(packages): install volatile packages
+    if wantrepo {
+        step(ctx, "Refreshing the local package repository", crate::repository::refresh)?;
+    }
+    step(ctx, "Installing volatile packages", crate::repository::install_volatile_packages)?;
     step(ctx, "Copying in the build tree", scripts::install_build_dest)?;
     step(ctx, "Copying in extra trees", install_extra_trees)?;
     step(ctx, "Running post-installation scripts", scripts::run_postinst_scripts)?;
@@ -366,7 +369,7 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     step(ctx, "Running depmod", |ctx| crate::sysconfig::run_depmod(ctx, false))?;
     step(ctx, "Applying first boot settings", crate::sysconfig::run_firstboot)?;
     step(ctx, "Removing packages", remove_packages)?;
-    // HOOK(outputs): record the package manifest
+    step(ctx, "Recording packages in manifest", |ctx| crate::manifest::record(ctx, started))?;
     step(ctx, "Relabeling files", crate::sysconfig::run_selinux_relabel)?;
     step(ctx, "Cleaning package manager metadata", clean_package_metadata)?;
     step(ctx, "Removing files", remove_files)?;

@@ -516,10 +516,7 @@ mod tests {
 
     #[test]
     fn local_repository_configuration() {
-        assert_eq!(
-            LOCAL_SOURCES,
-            "Enabled: yes\nTypes: deb\nURIs: file:///repository\nSuites: ./\nTrusted: yes\n"
-        );
+        assert_eq!(LOCAL_SOURCES, "Enabled: yes\nTypes: deb\nURIs: file:///repository\nSuites: ./\nTrusted: yes\n");
         assert_eq!(LOCAL_PREFERENCES, "Package: *\nPin: origin \"\"\nPin-Priority: 1100\n");
     }
 }

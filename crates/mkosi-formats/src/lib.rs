@@ -5,3 +5,5 @@ pub mod checksum;
 pub mod compress;
 pub mod cpio;
 pub mod deb;
+pub mod gpt;
+pub mod verity;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::args::Options;
 
 static DEBUG: AtomicBool = AtomicBool::new(false);
+static DEBUG_SHELL: AtomicBool = AtomicBool::new(false);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -43,6 +44,18 @@ pub fn interrupted() -> bool {
 /// Log every command line (`--debug`).
 pub fn set_debug(d: bool) {
     DEBUG.store(d, Ordering::Relaxed);
+}
+
+/// Open an interactive shell in a failed command's sandbox (`--debug-shell`):
+/// when a sandboxed command fails, `bash` runs in the same sandbox, with the
+/// same environment and the terminal, before the failure is reported.
+pub fn set_debug_shell(d: bool) {
+    DEBUG_SHELL.store(d, Ordering::Relaxed);
+}
+
+/// Whether `--debug-shell` is in effect.
+pub fn debug_shell() -> bool {
+    DEBUG_SHELL.load(Ordering::Relaxed)
 }
 
 /// Where a command's standard input comes from.
@@ -88,6 +101,9 @@ pub struct Cmd {
     /// Receive lines the command writes to file descriptor 3 (e.g. apt's
     /// `APT::Status-Fd=3`), one call per line, while it runs.
     pub status_fd: Option<StatusCallback>,
+    /// Give the command the terminal: standard input, output and error are
+    /// inherited (no error tail is kept) and no debug shell is offered.
+    pub interactive: bool,
 }
 
 /// A callback receiving status lines (see [`Cmd::status_fd`]).
@@ -132,6 +148,14 @@ impl Cmd {
 
     pub fn quiet(mut self) -> Cmd {
         self.quiet = true;
+        self
+    }
+
+    /// See [`Cmd::interactive`].
+    pub fn interactive(mut self) -> Cmd {
+        self.interactive = true;
+        self.stdin = Input::Inherit;
+        self.stdout = Sink::Inherit;
         self
     }
 
@@ -201,25 +225,16 @@ pub fn sandbox_executable() -> PathBuf {
 
 const TAIL_LINES: usize = 20;
 
-/// Run `cmd` to completion.
-pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
-    let display = cmd.display();
-    if interrupted() {
-        return Err(RunError::Interrupted { command: display });
-    }
-    let Some(program) = cmd.argv.first() else {
-        return Err(RunError::Spawn {
-            command: display,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line"),
-        });
-    };
-
+/// The process for `argv` with `cmd`'s sandbox, environment and working
+/// directory (standard streams not set up yet).
+fn base_command(cmd: &Cmd, argv: &[String]) -> Command {
+    let display = argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
     let mut command = match &cmd.sandbox {
         Some(options) => {
             let mut c = Command::new(sandbox_executable());
             std::os::unix::process::CommandExt::arg0(&mut c, "mkosi-sandbox");
             c.args(options.to_args());
-            c.args(&cmd.argv);
+            c.args(argv);
             if DEBUG.load(Ordering::Relaxed) {
                 eprintln!(
                     "+ mkosi-sandbox {} {display}",
@@ -229,8 +244,8 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
             c
         }
         None => {
-            let mut c = Command::new(program);
-            c.args(&cmd.argv[1..]);
+            let mut c = Command::new(argv.first().map(String::as_str).unwrap_or("true"));
+            c.args(argv.iter().skip(1));
             if DEBUG.load(Ordering::Relaxed) {
                 eprintln!("+ {display}");
             }
@@ -247,7 +262,74 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
+    command
+}
 
+/// `--debug-shell`: run `bash` in the sandbox of the failed `cmd`, on the
+/// user's terminal, and wait for it. Its exit status does not matter.
+fn run_debug_shell(cmd: &Cmd, failure: &str) {
+    if cmd.sandbox.is_none() || cmd.interactive || !debug_shell() || interrupted() {
+        return;
+    }
+    eprintln!("‣ {failure}");
+    eprintln!("‣ Starting a debug shell in the sandbox of the failed command (exit the shell to continue)");
+    let argv = vec!["bash".to_string()];
+    let mut shell = base_command(cmd, &argv);
+    shell.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    match shell.status() {
+        Ok(_) => {}
+        Err(e) => eprintln!("‣ Could not start the debug shell: {e}"),
+    }
+}
+
+/// Run `cmd` with the terminal (see [`Cmd::interactive`]).
+fn run_interactive(cmd: &Cmd, display: String) -> Result<Output, RunError> {
+    let mut command = base_command(cmd, &cmd.argv);
+    command.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let status = command.status().map_err(|e| RunError::Spawn { command: display.clone(), source: e })?;
+    check_status(cmd, display, status, Vec::new(), String::new())
+}
+
+/// Turn an exit status into success or the matching error (offering the
+/// debug shell on failure).
+fn check_status(
+    cmd: &Cmd,
+    display: String,
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr_tail: String,
+) -> Result<Output, RunError> {
+    let err = match status.code() {
+        Some(code) if code == 0 || cmd.success_codes.contains(&code) => {
+            return Ok(Output { status, stdout, stderr_tail });
+        }
+        Some(code) => RunError::Failed { command: display, code, stderr_tail },
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            RunError::Signaled { command: display, signal: status.signal().unwrap_or(0) }
+        }
+    };
+    run_debug_shell(cmd, &err.to_string());
+    Err(err)
+}
+
+/// Run `cmd` to completion.
+pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
+    let display = cmd.display();
+    if interrupted() {
+        return Err(RunError::Interrupted { command: display });
+    }
+    if cmd.argv.is_empty() {
+        return Err(RunError::Spawn {
+            command: display,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line"),
+        });
+    }
+    if cmd.interactive {
+        return run_interactive(cmd, display);
+    }
+
+    let mut command = base_command(cmd, &cmd.argv);
     command.stdin(match &cmd.stdin {
         Input::Null => Stdio::null(),
         Input::Inherit => Stdio::inherit(),
@@ -361,15 +443,7 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
     }
     let stderr_tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
 
-    if let Some(code) = status.code() {
-        if code != 0 && !cmd.success_codes.contains(&code) {
-            return Err(RunError::Failed { command: display, code, stderr_tail });
-        }
-    } else {
-        use std::os::unix::process::ExitStatusExt;
-        return Err(RunError::Signaled { command: display, signal: status.signal().unwrap_or(0) });
-    }
-    Ok(Output { status, stdout, stderr_tail })
+    check_status(cmd, display, status, stdout, stderr_tail)
 }
 
 /// Whether `name` can be found in `$PATH` below `root` (`/` for the host).
@@ -430,6 +504,18 @@ mod tests {
         let out = run(&cmd).unwrap();
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(*lines.lock().unwrap(), vec!["one".to_string(), "two".to_string()]);
+    }
+
+    #[test]
+    fn interactive_exit_status() {
+        assert!(run(&Cmd::new(["true"]).interactive()).is_ok());
+        let e = run(&Cmd::new(["sh", "-c", "exit 4"]).interactive()).unwrap_err();
+        assert_eq!(e.code(), Some(4));
+        // The debug shell is only for sandboxed commands: this must not wait for a shell.
+        set_debug_shell(true);
+        let e = run(&Cmd::new(["sh", "-c", "exit 5"]).quiet()).unwrap_err();
+        set_debug_shell(false);
+        assert_eq!(e.code(), Some(5));
     }
 
     #[test]

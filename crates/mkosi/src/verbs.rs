@@ -46,8 +46,8 @@ fn default_config(host: &Host, resources: &Path) -> Result<Config> {
 
 fn not_implemented(verb: Verb) -> anyhow::Error {
     anyhow::anyhow!(
-        "The '{}' verb is not implemented yet in this version of mkosi; only build, clean, summary, cat-config, bump, \
-         genkey, completion, documentation, dependencies, init and help work so far",
+        "The '{}' verb is not implemented yet in this version of mkosi; only build, clean, box, summary, cat-config, \
+         bump, genkey, completion, documentation, dependencies, init and help work so far",
         verb.as_str()
     )
 }
@@ -115,6 +115,13 @@ pub fn run(cli: Cli, host: &Host, _root: &Path) -> Result<()> {
                 write_bumped_version(&args, &images)?;
             }
             Ok(())
+        }
+        Verb::Box | Verb::Sandbox => {
+            let last = images.last().context("no image")?;
+            match mkosi_build::box_verb::run_box(&args, last, host, &cli.cwd)? {
+                0 => Ok(()),
+                code => Err(crate::Exit(code.clamp(1, 255) as u8).into()),
+            }
         }
         verb => Err(not_implemented(verb)),
     }
