@@ -22,6 +22,10 @@ fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     pkgs=(openssl man-db)
+    # Disk images: the filesystem tools the partitions are made with, and the tools the tests
+    # check the images with (sfdisk, fsck of each filesystem, veritysetup, systemd-dissect).
+    pkgs+=(fdisk e2fsprogs dosfstools mtools erofs-utils squashfs-tools btrfs-progs xfsprogs cryptsetup-bin
+        systemd-container util-linux)
     # The end-to-end builds: the archive keyring, compressors and archivers
     # to inspect outputs, newuidmap/newgidmap and setpriv/useradd for the
     # unprivileged build, apt-ftparchive and gpg for local repositories.

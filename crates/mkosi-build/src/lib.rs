@@ -6,9 +6,11 @@
 //! ([`pipeline::build_image`]), each as a list of named, timed steps.
 
 pub mod basetrees;
+pub mod boot;
 pub mod box_verb;
 pub mod cache;
 pub mod context;
+pub mod disk;
 pub mod error;
 pub mod log;
 pub mod manifest;

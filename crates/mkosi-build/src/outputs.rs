@@ -156,6 +156,9 @@ pub fn make_output(ctx: &Context) -> Result<()> {
         OutputFormat::Tar => make_tar(ctx, &with_format)?,
         OutputFormat::Cpio => make_cpio(ctx, &with_format)?,
         OutputFormat::None => return Ok(()),
+        OutputFormat::Disk => crate::disk::resize_output(ctx)?,
+        OutputFormat::Esp => crate::disk::make_esp(ctx)?,
+        f if f.is_extension_or_portable_image() => crate::disk::make_extension_or_portable_image(ctx)?,
         other => return Err(BuildError::msg(format!("Format={other} is not implemented yet"))),
     }
 

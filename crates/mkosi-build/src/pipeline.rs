@@ -29,6 +29,7 @@ pub fn check_supported(config: &mkosi_config::Config) -> Result<()> {
     if !format_supported(config.output_format()) {
         return Err(BuildError::msg(format!("Format={} is not implemented yet", config.output_format())));
     }
+    crate::boot::check_supported(config)?;
     let unsupported = unsupported_settings(config);
     if !unsupported.is_empty() {
         return Err(BuildError::hint(
@@ -42,7 +43,18 @@ pub fn check_supported(config: &mkosi_config::Config) -> Result<()> {
 
 /// The output formats this version can produce.
 pub fn format_supported(format: OutputFormat) -> bool {
-    matches!(format, OutputFormat::Directory | OutputFormat::Tar | OutputFormat::Cpio | OutputFormat::None)
+    matches!(
+        format,
+        OutputFormat::Directory
+            | OutputFormat::Tar
+            | OutputFormat::Cpio
+            | OutputFormat::None
+            | OutputFormat::Disk
+            | OutputFormat::Esp
+            | OutputFormat::Sysext
+            | OutputFormat::Confext
+            | OutputFormat::Portable
+    )
 }
 
 pub(crate) fn pm_env(ctx: &Context) -> Result<PmEnv> {
@@ -361,7 +373,8 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     step(ctx, "Configuring the clock epoch", crate::sysconfig::configure_clock)?;
     step(ctx, "Installing the verity certificate", crate::sysconfig::configure_verity_certificate)?;
     step(ctx, "Creating mount points", crate::sysconfig::configure_mountpoints)?;
-    // HOOK(boot): bootloaders (systemd-boot, grub, shim)
+    // Boot loaders (systemd-boot, grub, shim) are installed here once implemented; until then
+    // builds that would need them stop early (`boot::check_supported`).
     step(ctx, "Generating locales", crate::sysconfig::run_locale_gen)?;
     step(ctx, "Generating system users", crate::sysconfig::run_sysusers)?;
     step(ctx, "Generating volatile files", crate::sysconfig::run_tmpfiles)?;
@@ -376,6 +389,21 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     step(ctx, "Running finalize scripts", scripts::run_finalize_scripts)?;
     step(ctx, "Removing /work", |ctx| tree::rmtree(&[ctx.root().join("work")]))?;
     step(ctx, "Clamping modification times", |ctx| normalize_mtime(&ctx.root(), ctx.config.int("SourceDateEpoch")))?;
+    let mut partitions = Vec::new();
+    step(ctx, "Generating disk image", |ctx| {
+        partitions = crate::disk::make_disk(ctx, crate::disk::Pass::Initial)?;
+        Ok(())
+    })?;
+    step(ctx, "Installing kernels", crate::boot::check_kernels)?;
+    step(ctx, "Formatting ESP/XBOOTLDR partitions", |ctx| {
+        if partitions.iter().any(|p| p.deferred) {
+            crate::disk::make_disk(ctx, crate::disk::Pass::Boot)?;
+        }
+        Ok(())
+    })?;
+    if ctx.config.strings("SplitArtifacts").iter().any(|a| a == "partitions") {
+        step(ctx, "Extracting partitions", |ctx| crate::disk::make_disk(ctx, crate::disk::Pass::Split).map(|_| ()))?;
+    }
     step(ctx, "Generating the output", outputs::make_output)?;
     step(ctx, "Running post-output scripts", scripts::run_postoutput_scripts)?;
     step(ctx, "Moving outputs into place", outputs::finalize_staging)?;

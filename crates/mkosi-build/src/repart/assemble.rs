@@ -306,8 +306,18 @@ fn mkfs_request<'r>(
     })
 }
 
-/// Builds (or completes) the disk image described by `req`.
+/// Builds (or completes) the disk image described by `req`. A new image that could not be
+/// finished is removed again.
 pub fn make_image(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
+    let existed = std::fs::symlink_metadata(&req.output).is_ok();
+    let r = make_image_inner(req);
+    if r.is_err() && !existed {
+        let _ = std::fs::remove_file(&req.output);
+    }
+    r
+}
+
+fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
     let g = Geometry::new(req.sector_size);
     let opts = ParseOptions {
         architecture: req.architecture.clone(),
@@ -419,6 +429,7 @@ pub fn make_image(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
             def: p.def,
             other_mountpoints: other_mountpoints(&parts, i),
             source_date_epoch: req.source_date_epoch,
+            hardlinks: p.def.format.as_deref() != Some("btrfs"),
         };
         let tree = populate::populate(&spec, &staging)?;
         if let Populated::Staged(s) = &tree {
@@ -508,7 +519,8 @@ pub fn make_image(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
         let f = File::options()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&req.output)
             .map_err(io("creating", &req.output))?;
         f.set_len(disk_size).map_err(io("resizing", &req.output))?;
@@ -547,6 +559,7 @@ pub fn make_image(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
                             def: p.def,
                             other_mountpoints: other_mountpoints(&parts, i),
                             source_date_epoch: req.source_date_epoch,
+                            hardlinks: p.def.format.as_deref() != Some("btrfs"),
                         };
                         let t = populate::populate(&spec, &staging)?;
                         if let Populated::Staged(s) = &t {
@@ -645,7 +658,7 @@ pub fn make_image(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
         };
         let mut data = super::verity_sig::verity_sig_content(&hash, &signer)?;
         let pl = p.placement.unwrap_or(Placement { offset: 0, size: 0, padding: 0 });
-        if data.len() as u64 + 1 > pl.size {
+        if data.len() as u64 > pl.size {
             return Err(RepartError::msg("Verity signature too long for partition."));
         }
         data.resize(pl.size as usize, 0);
@@ -685,7 +698,7 @@ pub fn make_image(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
     for p in &parts {
         let (Some(pl), Some(partno)) = (p.placement, p.partno) else { continue };
         let uuid = p.uuid.unwrap_or(p.ids.base_uuid);
-        let roothash = if p.def.verity == Verity::Data || p.def.verity == Verity::Hash {
+        let roothash = if p.def.verity != Verity::Off {
             let h = if p.def.verity == Verity::Hash {
                 p.roothash
             } else {

@@ -41,6 +41,12 @@
 //!   the UUID), which makes that timestamp a fixed constant. mcopy is not run when the tree has
 //!   nothing it can copy (repart would run it without sources and fail).
 //!
+//! Reproducibility: with the same tree, UUID and `SOURCE_DATE_EPOCH`, ext*, vfat, erofs,
+//! squashfs and swap images come out byte for byte the same. e2fsprogs before 1.47.1 copy the
+//! tree's access and change times unclamped, so those must not change between builds (reading
+//! the tree once settles access times under `relatime`). btrfs-progs and xfsprogs use random
+//! internal UUIDs and the current time, which no option or variable controls.
+//!
 //! [`make_minimized`] implements `Minimize=` (see there).
 
 use std::collections::{HashMap, HashSet};
@@ -219,6 +225,9 @@ fn path_arg(p: &Path) -> Result<String> {
 /// A tool version (`major.minor.patch`).
 type Version = (u32, u32, u32);
 
+/// Versions tools printed, by tool path and argument.
+type VersionCache = HashMap<(PathBuf, String), Option<Version>>;
+
 /// The first `a.b[.c]` token of a tool's version or help output (a leading `v` is allowed).
 fn parse_version(text: &str) -> Option<Version> {
     text.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',').find_map(|word| {
@@ -285,7 +294,7 @@ impl Toolbox {
 
     /// The version `tool arg` prints, `None` when it fails or prints none. Cached per tool.
     fn version(&self, tool: &Path, arg: &str) -> Option<Version> {
-        static CACHE: OnceLock<Mutex<HashMap<(PathBuf, String), Option<Version>>>> = OnceLock::new();
+        static CACHE: OnceLock<Mutex<VersionCache>> = OnceLock::new();
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         let key = (tool.to_path_buf(), arg.to_string());
         if let Some(v) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
@@ -880,7 +889,9 @@ fn allocated_bytes(path: &Path) -> Result<u64> {
 /// * btrfs, xfs and vfat, like repart's `context_minimize()`: a first pass into a 1 TiB sparse
 ///   file (with a UUID derived from the real one instead of a random one, so the size does not
 ///   vary), then the size is the bytes it allocated plus 50% (100% for xfs), rounded up to
-///   `grain_size`, and at least [`minimal_size_by_fs_name`]; then the real filesystem.
+///   `grain_size`, and at least [`minimal_size_by_fs_name`]; then the real filesystem. vfat
+///   images are also at least the smallest FAT32 that mtools copies into (65525 clusters: about
+///   257 MiB with 4096 byte sectors), which repart does not ensure (its mcopy then fails).
 /// * ext2/3/4: instead of that first pass (a full populate of a 1 TiB filesystem, whose 1 GiB
 ///   journal and metadata also inflate the result), the bytes the filesystem would allocate are
 ///   estimated from a walk of the tree (block-rounded file sizes, mapping blocks, directory
@@ -1101,7 +1112,7 @@ impl ExtWalker {
                 self.directory(&path)?;
                 continue;
             }
-            if md.nlink() > 1 && !ft.is_dir() && !self.hardlinks.insert((md.dev(), md.ino())) {
+            if md.nlink() > 1 && !self.hardlinks.insert((md.dev(), md.ino())) {
                 continue;
             }
             self.inode(&path);

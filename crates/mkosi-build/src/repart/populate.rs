@@ -48,6 +48,10 @@ pub struct PopulateSpec<'a> {
     pub other_mountpoints: Vec<&'static str>,
     /// `SOURCE_DATE_EPOCH`, for the timestamps of directories we create.
     pub source_date_epoch: Option<u64>,
+    /// Whether files may be hard-linked into the staging tree. mkfs.btrfs (up to at least
+    /// 6.2) records wrong link counts for files with more than one link, so for btrfs they
+    /// are copied.
+    pub hardlinks: bool,
 }
 
 /// The tree to make a filesystem from.
@@ -219,7 +223,7 @@ pub fn populate(spec: &PopulateSpec, staging: &Path) -> Result<Populated> {
 
     std::fs::create_dir(staging).map_err(io("creating", staging))?;
     let out = Populated::Staged(staging.to_path_buf());
-    let mut linker = Linker { epoch: spec.source_date_epoch };
+    let mut linker = Linker { epoch: spec.source_date_epoch, hardlinks: spec.hardlinks };
 
     // The root directory takes the metadata of the first directory copied to "/".
     for (src, dst) in &d.copy_files {
@@ -297,6 +301,7 @@ pub fn populate(spec: &PopulateSpec, staging: &Path) -> Result<Populated> {
 
 struct Linker {
     epoch: Option<u64>,
+    hardlinks: bool,
 }
 
 impl Linker {
@@ -329,7 +334,9 @@ impl Linker {
             }
             std::fs::remove_file(dst).map_err(io("removing", dst))?;
         }
-        match std::fs::hard_link(src, dst) {
+        let linked =
+            if self.hardlinks { std::fs::hard_link(src, dst) } else { Err(std::io::ErrorKind::Unsupported.into()) };
+        match linked {
             Ok(()) => Ok(()),
             Err(_) if md.file_type().is_symlink() => {
                 let t = std::fs::read_link(src).map_err(io("reading", src))?;
@@ -339,6 +346,16 @@ impl Linker {
             }
             Err(_) if md.is_file() => {
                 std::fs::copy(src, dst).map_err(io("copying", src))?;
+                copy_metadata(src, dst, md)
+            }
+            Err(_) if !self.hardlinks => {
+                // Device nodes, FIFOs and sockets.
+                let c = cpath(dst)?;
+                // SAFETY: mknod with a valid path and the source's mode and device number.
+                let r = unsafe { libc::mknod(c.as_ptr(), md.mode() as libc::mode_t, md.rdev() as libc::dev_t) };
+                if r != 0 {
+                    return Err(io("creating", dst)(std::io::Error::last_os_error()));
+                }
                 copy_metadata(src, dst, md)
             }
             Err(e) => Err(io("linking", src)(e)),
@@ -513,8 +530,13 @@ mod tests {
         let root = t.path().join("root");
         tree(&root, &["etc/os-release", "usr/bin/x", "proc/", "boot/", "tmp/"]);
         let d = def("[Partition]\nType=root\nCopyFiles=/\n");
-        let spec =
-            PopulateSpec { root: &root, def: &d, other_mountpoints: vec!["/efi", "/boot"], source_date_epoch: None };
+        let spec = PopulateSpec {
+            root: &root,
+            def: &d,
+            other_mountpoints: vec!["/efi", "/boot"],
+            source_date_epoch: None,
+            hardlinks: true,
+        };
         let p = populate(&spec, &t.path().join("stage")).unwrap();
         assert!(matches!(p, Populated::Root(_)));
         assert!(!t.path().join("stage").exists());
@@ -538,8 +560,13 @@ mod tests {
         );
         std::os::unix::fs::symlink("../usr/bin/x", root.join("etc/link")).unwrap();
         let d = def("[Partition]\nType=root\nCopyFiles=/\nExcludeFiles=/etc/os-release\n");
-        let spec =
-            PopulateSpec { root: &root, def: &d, other_mountpoints: vec!["/efi", "/boot"], source_date_epoch: Some(0) };
+        let spec = PopulateSpec {
+            root: &root,
+            def: &d,
+            other_mountpoints: vec!["/efi", "/boot"],
+            source_date_epoch: Some(0),
+            hardlinks: true,
+        };
         let stage = t.path().join("stage");
         let p = populate(&spec, &stage).unwrap();
         assert!(matches!(p, Populated::Staged(_)));
@@ -576,7 +603,13 @@ mod tests {
         let root = t.path().join("root");
         tree(&root, &["boot/vmlinuz", "efi/EFI/BOOT/BOOTX64.EFI", "etc/x"]);
         let d = def("[Partition]\nType=esp\nCopyFiles=/boot:/\nCopyFiles=/efi:/\nMakeDirectories=/loader/entries\nMakeSymlinks=/a:b\n");
-        let spec = PopulateSpec { root: &root, def: &d, other_mountpoints: vec![], source_date_epoch: Some(7) };
+        let spec = PopulateSpec {
+            root: &root,
+            def: &d,
+            other_mountpoints: vec![],
+            source_date_epoch: Some(7),
+            hardlinks: true,
+        };
         let stage = t.path().join("stage");
         populate(&spec, &stage).unwrap();
         assert_eq!(
@@ -594,7 +627,8 @@ mod tests {
         let d = def(
             "[Partition]\nType=usr\nCopyFiles=/usr:/\nCopyFiles=/opt/e:/x/e\nExcludeFilesTarget=/lib/b/\nExcludeFiles=/usr/share\n",
         );
-        let spec = PopulateSpec { root: &root, def: &d, other_mountpoints: vec![], source_date_epoch: None };
+        let spec =
+            PopulateSpec { root: &root, def: &d, other_mountpoints: vec![], source_date_epoch: None, hardlinks: true };
         let stage = t.path().join("stage");
         populate(&spec, &stage).unwrap();
         assert_eq!(listing(&stage), vec!["lib/", "lib/a", "lib/b/", "x/", "x/e"]);
