@@ -422,6 +422,7 @@ mod tests {
             roothash: h.map(String::from),
             split_path: None,
             deferred: false,
+            elapsed: std::time::Duration::ZERO,
         }
     }
 

@@ -50,6 +50,11 @@ pub fn debug(text: &str) {
     }
 }
 
+/// Whether debug messages are shown (`--debug`).
+pub fn debugging() -> bool {
+    DEBUG.load(Ordering::Relaxed)
+}
+
 /// Show debug messages.
 pub fn set_debug(on: bool) {
     DEBUG.store(on, Ordering::Relaxed);

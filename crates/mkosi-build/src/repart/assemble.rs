@@ -79,6 +79,8 @@ pub struct PartitionResult {
     pub split_path: Option<PathBuf>,
     /// Whether it was deferred (space reserved, not written, not in the table).
     pub deferred: bool,
+    /// Time spent making this partition's content (filesystem, verity, copying).
+    pub elapsed: std::time::Duration,
 }
 
 impl PartitionResult {
@@ -379,6 +381,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
     }
 
     let mut temp = Temp(Vec::new());
+    let mut spent = vec![std::time::Duration::ZERO; parts.len()];
     let tmpname = |what: &str, i: usize| req.workspace.join(format!("repart-{what}-{i}"));
 
     // Verity hash partitions of data partitions with a maximum size get a matching minimum.
@@ -405,6 +408,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
 
     // Content prepared before placement: CopyBlocks= sources and minimized filesystems.
     for i in 0..parts.len() {
+        let started = std::time::Instant::now();
         let p = &parts[i];
         if p.existing.is_some() {
             continue;
@@ -442,6 +446,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
         let size = mkfs::make_minimized(&r, g.grain)?;
         populate::remove_staging(&tree)?;
         parts[i].content = Some(Content { path: out, size, temporary: true });
+        spent[i] += started.elapsed();
     }
     for i in 0..parts.len() {
         let p = &parts[i];
@@ -459,12 +464,14 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
                 p.def.path.display()
             )));
         };
+        let started = std::time::Instant::now();
         let out = tmpname("verity", i);
         temp.0.push(out.clone());
         let root_hash = verity_hash(req, &g, p, &data.path, data.size, &out)?;
         let size = file_size(&out)?;
         parts[i].content = Some(Content { path: out, size, temporary: true });
         set_verity_uuids(&mut parts, di, i, root_hash);
+        spent[i] += started.elapsed();
     }
 
     // Sizes and placement.
@@ -540,6 +547,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
         if p.def.verity == Verity::Hash && p.content.is_none() {
             continue; // computed from its data partition below
         }
+        let started = std::time::Instant::now();
         let content = match &p.content {
             Some(c) => c.clone(),
             None => match &p.def.format {
@@ -616,6 +624,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
         if content.temporary {
             let _ = std::fs::remove_file(&content.path);
         }
+        spent[i] += started.elapsed();
     }
 
     // Minimized hash partitions prepared before placement still need copying.
@@ -695,7 +704,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
 
     // Results and split files.
     let mut results = Vec::new();
-    for p in &parts {
+    for (p, elapsed) in parts.iter().zip(spent) {
         let (Some(pl), Some(partno)) = (p.placement, p.partno) else { continue };
         let uuid = p.uuid.unwrap_or(p.ids.base_uuid);
         let roothash = if p.def.verity != Verity::Off {
@@ -725,7 +734,17 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
             roothash,
             split_path: None,
             deferred: p.deferred,
+            elapsed,
         });
+        if crate::log::timing() && !p.deferred && p.existing.is_none() {
+            crate::log::info(&format!(
+                "‣  Partition {} ({}, {} bytes) took {:.3}s",
+                partno + 1,
+                p.ids.label,
+                pl.size,
+                elapsed.as_secs_f64()
+            ));
+        }
     }
     if req.split {
         split(req, &parts, &mut results, &f)?;
@@ -892,6 +911,7 @@ pub fn read_partitions(image: &Path) -> Result<Vec<PartitionResult>> {
                 roothash: None,
                 split_path: None,
                 deferred: false,
+                elapsed: std::time::Duration::ZERO,
             }
         })
         .collect())

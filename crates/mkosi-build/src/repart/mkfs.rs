@@ -289,7 +289,14 @@ impl Toolbox {
     fn cmd(&self, argv: Vec<String>, env: Vec<(String, String)>) -> Cmd {
         let mut full_env = vec![("PATH".to_string(), self.path.to_string_lossy().into_owned())];
         full_env.extend(env);
-        Cmd::new(argv).env(full_env)
+        // The tools' chatter (mke2fs' banner, mkswap's notes about the image file) only shows
+        // with --debug; a failure still carries the tail of their error output.
+        let cmd = Cmd::new(argv).env(full_env);
+        if crate::log::debugging() {
+            cmd
+        } else {
+            cmd.quiet()
+        }
     }
 
     /// The version `tool arg` prints, `None` when it fails or prints none. Cached per tool.
