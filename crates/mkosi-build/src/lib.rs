@@ -213,8 +213,10 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     let pkgcache = package_cache_dir(last, host);
     let workspace_parent = workspace_dir(last, host);
 
-    // Everything below runs as root, in a user namespace when we are not root.
+    // Everything below runs as root, in a user namespace when we are not root, and in a mount
+    // namespace of its own, so no mount outlives the build however it ends.
     mkosi_sandbox::userns::become_root(host.user_name())?;
+    mkosi_sandbox::mounts::private_mount_namespace()?;
 
     let mut run_timings = log::Timings::default();
     for config in images {

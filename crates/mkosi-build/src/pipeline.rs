@@ -18,9 +18,6 @@ pub fn unsupported_settings(c: &mkosi_config::Config) -> Vec<String> {
     let mut out = crate::scripts::unsupported(c);
     out.extend(crate::sysconfig::unsupported(c));
     out.extend(outputs::unsupported(c));
-    if c.bool("Overlay") {
-        out.push("Overlay=yes".into());
-    }
     out
 }
 
@@ -165,8 +162,18 @@ fn prepare_root(ctx: &Context) -> Result<()> {
 fn install_distribution(ctx: &Context) -> Result<()> {
     let root = ctx.root();
     let packages = ctx.config.strings("Packages");
+    let extension = ctx.config.bool("Overlay") || ctx.config.output_format().is_extension_image();
     match mkosi_distro::package_manager(ctx.config)? {
         _ if !ctx.config.list("BaseTrees").is_empty() => crate::basetrees::install_packages(ctx)?,
+        _ if extension => {
+            if !packages.is_empty() {
+                return Err(BuildError::hint(
+                    "Cannot install packages in extension images without a base tree",
+                    "Configure a base tree with the BaseTrees= setting",
+                ));
+            }
+            return Ok(());
+        }
         "apt" => {
             let env = pm_env(ctx)?;
             let apt = Apt::new(ctx.config, &env);
@@ -261,6 +268,28 @@ fn remove_files(ctx: &Context) -> Result<()> {
     tree::rmtree(&remove)
 }
 
+/// Extension images drop the directories that are left empty.
+fn remove_empty_directories(ctx: &Context) -> Result<()> {
+    fn walk(dir: &Path) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let md = std::fs::symlink_metadata(e.path())?;
+            if md.is_dir() {
+                walk(&e.path())?;
+                if std::fs::read_dir(e.path())?.next().is_none() {
+                    std::fs::remove_dir(e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+    if !ctx.config.output_format().is_extension_image() {
+        return Ok(());
+    }
+    let root = ctx.root();
+    walk(&root).map_err(io("removing empty directories in", &root))
+}
+
 /// Clamp modification times to `SourceDateEpoch=`.
 pub fn normalize_mtime(root: &Path, epoch: Option<i64>) -> Result<()> {
     let Some(epoch) = epoch else { return Ok(()) };
@@ -324,6 +353,12 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod", &root))
     })?;
+    // Overlay=yes: the base trees stay mounted under the root until the content is complete.
+    let mut overlay = None;
+    step(ctx, "Mounting base trees", |ctx| {
+        overlay = crate::basetrees::mount_base_trees(ctx)?;
+        Ok(())
+    })?;
 
     if mkosi_distro::package_manager(config)? == "apt" {
         step(ctx, "Setting up the package manager", |ctx| {
@@ -384,8 +419,12 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     step(ctx, "Removing packages", remove_packages)?;
     step(ctx, "Recording packages in manifest", |ctx| crate::manifest::record(ctx, started))?;
     step(ctx, "Relabeling files", crate::sysconfig::run_selinux_relabel)?;
+    if let Some(ov) = overlay.take() {
+        step(ctx, "Unmounting base trees", |ctx| crate::basetrees::finish_overlay(ctx, ov))?;
+    }
     step(ctx, "Cleaning package manager metadata", clean_package_metadata)?;
     step(ctx, "Removing files", remove_files)?;
+    step(ctx, "Removing empty directories", remove_empty_directories)?;
     step(ctx, "Running finalize scripts", scripts::run_finalize_scripts)?;
     step(ctx, "Removing /work", |ctx| tree::rmtree(&[ctx.root().join("work")]))?;
     step(ctx, "Clamping modification times", |ctx| normalize_mtime(&ctx.root(), ctx.config.int("SourceDateEpoch")))?;

@@ -529,7 +529,7 @@ pub fn write(file: &mut File, sector_size: u64, disk_uuid: Uuid, entries: &[Entr
     let zero_front = vec![0u8; (2 * sector_size + 128 * 128) as usize];
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&zero_front)?;
-    let back = disk_size - sector_size - 128 * 128u64.div_ceil(sector_size) * sector_size;
+    let back = disk_size - sector_size - (128 * 128u64).div_ceil(sector_size) * sector_size;
     file.seek(SeekFrom::Start(back))?;
     file.write_all(&vec![0u8; (disk_size - back) as usize])?;
 
@@ -657,6 +657,35 @@ mod tests {
         let (d, back) = read(&mut f, 512).unwrap();
         assert_eq!(d, disk);
         assert_eq!(back, entries);
+    }
+
+    #[test]
+    fn writing_the_table_keeps_partition_data() {
+        use std::os::unix::fs::FileExt;
+        for ss in [512u64, 4096] {
+            let mut f = tempfile::tempfile().unwrap();
+            let disk = 4 * 1024 * 1024;
+            f.set_len(disk).unwrap();
+            let first = first_usable_byte(ss);
+            let end = last_usable_end(disk, ss);
+            f.write_all_at(b"first", first).unwrap();
+            f.write_all_at(b"last!", end - 5).unwrap();
+            let e = Entry {
+                partno: 0,
+                type_uuid: uuid!("0fc63daf-8483-4772-8e79-3d69d8477de4"),
+                uuid: uuid!("9e90c9c3-c7e8-44f2-bf19-9ae2689de795"),
+                offset: first,
+                size: (end - first) / ss * ss,
+                label: "x".into(),
+                flags: 0,
+            };
+            write(&mut f, ss, Uuid::nil(), &[e]).unwrap();
+            let mut buf = [0u8; 5];
+            f.read_exact_at(&mut buf, first).unwrap();
+            assert_eq!(&buf, b"first", "sector size {ss}");
+            f.read_exact_at(&mut buf, end - 5).unwrap();
+            assert_eq!(&buf, b"last!", "sector size {ss}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod enter;
+pub mod mounts;
 pub mod ops;
 pub mod run;
 pub mod seccomp;
