@@ -231,6 +231,21 @@ fn want_grub_bios(ctx: &Context) -> bool {
         && !c.bool("Overlay")
 }
 
+/// `SplitArtifacts=repart-definitions`: the definitions the image was made from, as
+/// `<Output>.repart.d`.
+pub fn copy_repart_definitions(ctx: &Context, definitions: &[PathBuf]) -> Result<()> {
+    if !split_artifacts(ctx).iter().any(|a| a == "repart-definitions") {
+        return Ok(());
+    }
+    let dst = ctx.staging().join(format!("{}.repart.d", ctx.config.output()));
+    for d in definitions {
+        if d.exists() {
+            crate::tree::copy_tree(d, &dst, true)?;
+        }
+    }
+    Ok(())
+}
+
 /// Which pass over the disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -259,6 +274,9 @@ pub fn make_disk(ctx: &Context, pass: Pass) -> Result<Vec<PartitionResult>> {
     if v == "defer" {
         skip.push(format!("root-{arch}-verity-sig"));
         skip.push(format!("usr-{arch}-verity-sig"));
+    }
+    if pass == Pass::Initial {
+        copy_repart_definitions(ctx, &definitions)?;
     }
     let output = ctx.staging().join(c.output_with_format());
     let mut req = request(ctx, definitions, output, matches!(v, "auto" | "signed"))?;
@@ -365,6 +383,7 @@ pub fn make_esp(ctx: &Context) -> Result<()> {
         size + 4096
     );
     std::fs::write(&p, text).map_err(io("writing", &p))?;
+    copy_repart_definitions(ctx, std::slice::from_ref(&dir))?;
     let output = ctx.staging().join(c.output_with_format());
     let req = request(ctx, vec![dir], output, false)?;
     let parts = run("Generating ESP image", &req)?;
@@ -383,6 +402,7 @@ pub fn make_extension_or_portable_image(ctx: &Context) -> Result<()> {
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(io("writing", &p))?;
     }
+    copy_repart_definitions(ctx, std::slice::from_ref(&dir))?;
     let output = ctx.staging().join(c.output_with_format());
     let mut req = request(ctx, vec![dir], output, matches!(v, "auto" | "signed"))?;
     if c.str("Seed").is_none() {

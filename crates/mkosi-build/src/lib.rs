@@ -217,6 +217,11 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
     // namespace of its own, so no mount outlives the build however it ends.
     mkosi_sandbox::userns::become_root(host.user_name())?;
     mkosi_sandbox::mounts::private_mount_namespace()?;
+    if let Some(t) = last.str("ToolsTree").filter(|t| *t != "none") {
+        log::warn(&format!(
+            "ToolsTree={t} is not used: this mkosi builds with the host's tools and needs no tools tree"
+        ));
+    }
 
     let mut run_timings = log::Timings::default();
     for config in images {

@@ -143,6 +143,32 @@ pub fn compress_file(src: &Path, dst: &Path, algorithm: Algorithm, level: i32) -
     Ok(())
 }
 
+/// `SplitArtifacts=tar` for formats other than `tar`: a (compressed) tar of the root next to
+/// the image.
+pub fn make_split_tar(ctx: &Context) -> Result<()> {
+    let c = ctx.config;
+    if c.output_format() == OutputFormat::Tar || !c.strings("SplitArtifacts").iter().any(|a| a == "tar") {
+        return Ok(());
+    }
+    let staging = ctx.staging();
+    let tar = staging.join(format!("{}.tar", c.output()));
+    make_tar(ctx, &tar)?;
+    if !c.compress_output().is_none() {
+        let dst = staging.join(format!("{}.tar.{}", c.output(), c.compress_output().extension()));
+        let level = c.int("CompressLevel").unwrap_or(3) as i32;
+        compress_file(&tar, &dst, compression(ctx)?, level)?;
+    }
+    Ok(())
+}
+
+/// `NSpawnSettings=`: the settings file goes next to the image as `<Output>.nspawn`.
+pub fn copy_nspawn_settings(ctx: &Context) -> Result<()> {
+    let Some(src) = ctx.config.path("NSpawnSettings") else { return Ok(()) };
+    let dst = ctx.staging().join(format!("{}.nspawn", ctx.config.output()));
+    std::fs::copy(&src, &dst).map_err(io("copying", &src))?;
+    Ok(())
+}
+
 /// Produce the format-specific output in the staging directory, then
 /// compression, checksums and the `Output` symlink.
 pub fn make_output(ctx: &Context) -> Result<()> {

@@ -18,6 +18,9 @@ pub fn unsupported_settings(c: &mkosi_config::Config) -> Vec<String> {
     let mut out = crate::scripts::unsupported(c);
     out.extend(crate::sysconfig::unsupported(c));
     out.extend(outputs::unsupported(c));
+    if c.str("UseSubvolumes") == Some("enabled") {
+        out.push("UseSubvolumes=yes".into());
+    }
     out
 }
 
@@ -254,6 +257,22 @@ fn clean_package_metadata(ctx: &Context) -> Result<()> {
     tree::rmtree(&remove)
 }
 
+/// With `SourceDateEpoch=`, drop what package installation leaves behind that no clock setting
+/// makes reproducible: update-alternatives' log (wall-clock times) and ldconfig's auxiliary
+/// cache (inode numbers and ctimes; ldconfig rebuilds it when needed).
+fn remove_unreproducible_files(ctx: &Context) -> Result<()> {
+    if ctx.config.int("SourceDateEpoch").is_none() {
+        return Ok(());
+    }
+    let root = ctx.root();
+    let remove: Vec<PathBuf> = ["var/log/alternatives.log", "var/cache/ldconfig/aux-cache"]
+        .iter()
+        .map(|p| root.join(p))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .collect();
+    tree::rmtree(&remove)
+}
+
 /// `RemoveFiles=`: globs relative to the image root.
 fn remove_files(ctx: &Context) -> Result<()> {
     let globs = ctx.config.strings("RemoveFiles");
@@ -424,6 +443,7 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     }
     step(ctx, "Cleaning package manager metadata", clean_package_metadata)?;
     step(ctx, "Removing files", remove_files)?;
+    step(ctx, "Removing files that cannot be reproduced", remove_unreproducible_files)?;
     step(ctx, "Removing empty directories", remove_empty_directories)?;
     step(ctx, "Running finalize scripts", scripts::run_finalize_scripts)?;
     step(ctx, "Removing /work", |ctx| tree::rmtree(&[ctx.root().join("work")]))?;
@@ -443,6 +463,8 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     if ctx.config.strings("SplitArtifacts").iter().any(|a| a == "partitions") {
         step(ctx, "Extracting partitions", |ctx| crate::disk::make_disk(ctx, crate::disk::Pass::Split).map(|_| ()))?;
     }
+    step(ctx, "Creating the split tar archive", outputs::make_split_tar)?;
+    step(ctx, "Copying the nspawn settings", outputs::copy_nspawn_settings)?;
     step(ctx, "Generating the output", outputs::make_output)?;
     step(ctx, "Running post-output scripts", scripts::run_postoutput_scripts)?;
     step(ctx, "Moving outputs into place", outputs::finalize_staging)?;

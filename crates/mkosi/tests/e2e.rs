@@ -66,16 +66,6 @@ const SKELETON_TEXT: &str = "from the skeleton tree\n";
 const EXTRA_FILE: &str = "usr/share/mkosi-e2e/extra.txt";
 const EXTRA_TEXT: &str = "from the extra tree\n";
 
-/// Files the package installation step leaves with build-time content
-/// (timestamps, inode numbers), so two otherwise identical builds differ in
-/// them. They are not the output step's doing; remove an entry once the
-/// pipeline makes the file reproducible (or removes it).
-/// - `var/log/alternatives.log`: update-alternatives logs wall-clock times
-///   (dpkg's tools ignore `SOURCE_DATE_EPOCH`);
-/// - `var/cache/ldconfig/aux-cache`: ldconfig's cache of inode numbers,
-///   sizes and ctimes of the libraries it scanned.
-const KNOWN_UNREPRODUCIBLE: &[&str] = &["var/log/alternatives.log", "var/cache/ldconfig/aux-cache"];
-
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn enabled(test: &str) -> bool {
@@ -711,20 +701,7 @@ fn tar_is_reproducible() {
     let diffs = tar_differences(&tars[0], &tars[1]);
     let report: Vec<String> = diffs.iter().map(|(n, why)| format!("  {n}: {why}")).collect();
     eprintln!("image.tar.zst differs between two builds ({a} vs {b}):\n{}", report.join("\n"));
-    let unexpected: Vec<&String> = diffs
-        .iter()
-        .filter(|(n, why)| !(*why == "content differs" && KNOWN_UNREPRODUCIBLE.contains(&n.trim_start_matches("./"))))
-        .map(|(n, _)| n)
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "two builds with the same SourceDateEpoch differ beyond the known install-step files {KNOWN_UNREPRODUCIBLE:?}:\n{}",
-        report.join("\n")
-    );
-    eprintln!(
-        "warning: only the known non-reproducible files differ (left by package installation, \
-         not by the output step); headers, order and all other contents are identical"
-    );
+    panic!("two builds with the same SourceDateEpoch differ:\n{}", report.join("\n"));
 }
 
 // --- (e) and (f) --------------------------------------------------------------

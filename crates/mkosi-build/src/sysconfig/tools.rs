@@ -59,8 +59,21 @@ pub fn run_depmod(ctx: &Context, cache: bool) -> Result<()> {
     if !Applies::of(c).depmod {
         return Ok(());
     }
-    // Kernel module and firmware filtering (KernelModules=, FirmwareFiles=…)
-    // belongs here for the final run (`!cache`), before depmod.
+    // Kernel module and firmware filtering (KernelModules=, FirmwareFiles=…) belongs here for
+    // the final run (`!cache`), before depmod. It is not implemented: refuse rather than ship
+    // modules the configuration asked to leave out.
+    let filters = !c.list("KernelModules").is_empty()
+        || c.bool("KernelModulesIncludeHost")
+        || !c.list("KernelModulesExclude").is_empty()
+        || !c.list("FirmwareFiles").is_empty()
+        || !c.list("FirmwareExclude").is_empty();
+    if !cache && filters && sorted_entries(&ctx.root().join("usr/lib/modules")).iter().any(|k| is_valid_kdir(k)) {
+        return Err(crate::error::BuildError::hint(
+            "Filtering kernel modules and firmware (KernelModules=, KernelModulesExclude=, FirmwareFiles=, \
+             FirmwareExclude=) is not implemented yet",
+            "Remove these settings, or the kernel modules from the image, for now",
+        ));
+    }
     if c.output_format().is_extension_or_portable_image() {
         return Ok(());
     }
