@@ -179,7 +179,7 @@ fn unimplemented_verbs_say_so() {
 #[test]
 fn build_refuses_settings_it_cannot_build_yet() {
     // The check happens before anything is downloaded or built.
-    let t = tree(&[("mkosi.conf", "[Output]\nFormat=directory\nOverlay=yes\n[Content]\nPackages=a\n")]);
+    let t = tree(&[("mkosi.conf", "[Output]\nFormat=directory\n[Build]\nUseSubvolumes=yes\n[Content]\nPackages=a\n")]);
     let o = mkosi(
         t.path(),
         &[
@@ -192,7 +192,7 @@ fn build_refuses_settings_it_cannot_build_yet() {
     );
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("Not implemented yet: Overlay=yes"), "{e}");
+    assert!(e.contains("Not implemented yet: UseSubvolumes=yes"), "{e}");
     assert!(!t.path().join("cache").exists(), "nothing was prepared");
     let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
     let o = mkosi(t.path(), &["--format=uki", "build"]);
