@@ -95,7 +95,15 @@ fn request(ctx: &Context, definitions: Vec<PathBuf>, output: PathBuf, with_keys:
             "Remove Passphrase= and Encrypt= from the configuration for now",
         ));
     }
-    let environment: BTreeMap<String, String> = ctx.environment().into_iter().collect();
+    let mut environment: BTreeMap<String, String> = ctx.environment().into_iter().collect();
+    // Kernels of CentOS Stream 9 and Ubuntu jammy cannot mount ext4 with the orphan_file
+    // feature that newer mke2fs (the host's) enables by default.
+    use mkosi_config::enums::Distribution;
+    let old_kernel = (c.distribution() == Distribution::Centos && c.release() == "9")
+        || (c.distribution() == Distribution::Ubuntu && c.release() == "jammy");
+    if old_kernel && !environment.contains_key("SYSTEMD_REPART_MKFS_OPTIONS_EXT4") {
+        environment.insert("SYSTEMD_REPART_MKFS_OPTIONS_EXT4".into(), "-O ^orphan_file".into());
+    }
     let arch = c.architecture();
     let (key, cert) = if with_keys { (c.path("VerityKey"), c.path("VerityCertificate")) } else { (None, None) };
     Ok(RepartRequest {
