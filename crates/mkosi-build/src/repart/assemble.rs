@@ -268,6 +268,23 @@ fn other_mountpoints(parts: &[Part], me: usize) -> Vec<&'static str> {
         .collect()
 }
 
+/// Stages the files of partition `i` (see [`populate`]); a staging tree is removed with `temp`.
+fn stage(req: &RepartRequest, parts: &[Part], i: usize, staging: &Path, temp: &mut Temp) -> Result<Populated> {
+    let def = parts[i].def;
+    let spec = PopulateSpec {
+        root: &req.root,
+        def,
+        other_mountpoints: other_mountpoints(parts, i),
+        source_date_epoch: req.source_date_epoch,
+        hardlinks: def.format.as_deref() != Some("btrfs"),
+    };
+    let tree = populate::populate(&spec, staging)?;
+    if let Populated::Staged(s) = &tree {
+        temp.0.push(s.clone());
+    }
+    Ok(tree)
+}
+
 struct Temp(Vec<PathBuf>);
 
 impl Drop for Temp {
@@ -427,18 +444,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
             p.def.format.as_deref().unwrap_or(""),
             p.def.file_name()
         ));
-        let staging = tmpname("tree", i);
-        let spec = PopulateSpec {
-            root: &req.root,
-            def: p.def,
-            other_mountpoints: other_mountpoints(&parts, i),
-            source_date_epoch: req.source_date_epoch,
-            hardlinks: p.def.format.as_deref() != Some("btrfs"),
-        };
-        let tree = populate::populate(&spec, &staging)?;
-        if let Populated::Staged(s) = &tree {
-            temp.0.push(s.clone());
-        }
+        let tree = stage(req, &parts, i, &tmpname("tree", i), &mut temp)?;
         let out = tmpname("fs", i);
         temp.0.push(out.clone());
         let subvols: Vec<String> = p.def.subvolumes.iter().map(|(s, _)| s.clone()).collect();
@@ -561,19 +567,7 @@ fn make_image_inner(req: &RepartRequest) -> Result<Vec<PartitionResult>> {
                     drop(f);
                     let mut tree = None;
                     if p.def.needs_populate() {
-                        let staging = tmpname("tree", i);
-                        let spec = PopulateSpec {
-                            root: &req.root,
-                            def: p.def,
-                            other_mountpoints: other_mountpoints(&parts, i),
-                            source_date_epoch: req.source_date_epoch,
-                            hardlinks: p.def.format.as_deref() != Some("btrfs"),
-                        };
-                        let t = populate::populate(&spec, &staging)?;
-                        if let Populated::Staged(s) = &t {
-                            temp.0.push(s.clone());
-                        }
-                        tree = Some(t);
+                        tree = Some(stage(req, &parts, i, &tmpname("tree", i), &mut temp)?);
                     }
                     let subvols: Vec<String> = p.def.subvolumes.iter().map(|(s, _)| s.clone()).collect();
                     let r = mkfs_request(req, &g, p, tree.as_ref().map(|t| t.path()), &out, &subvols)?;
