@@ -160,9 +160,10 @@ impl Manifest {
 
     /// `<Output>.manifest`: the JSON document as Python's `json.dump(indent=2)` writes it.
     pub fn json_text(&self, config: &Config) -> String {
-        let mut out = String::new();
-        write_json(&mut out, &self.to_json(config), 0);
-        out
+        mkosi_config::json::dumps(
+            &self.to_json(config),
+            mkosi_config::json::Style { indent: Some(2), sort_keys: false },
+        )
     }
 
     /// `<Output>.changelog`: totals, then one block per source package.
@@ -177,73 +178,6 @@ impl Manifest {
         }
         out
     }
-}
-
-/// JSON like Python's `json.dumps(indent=2)`: keys in insertion order,
-/// `", "`-less item separators at line ends, `": "` after keys, and every
-/// non-ASCII character escaped.
-fn write_json(out: &mut String, value: &Value, level: usize) {
-    let newline = |out: &mut String, level: usize| {
-        out.push('\n');
-        out.push_str(&"  ".repeat(level));
-    };
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(s) => write_json_string(out, s),
-        Value::Array(a) if a.is_empty() => out.push_str("[]"),
-        Value::Array(a) => {
-            out.push('[');
-            for (i, v) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline(out, level + 1);
-                write_json(out, v, level + 1);
-            }
-            newline(out, level);
-            out.push(']');
-        }
-        Value::Object(m) if m.is_empty() => out.push_str("{}"),
-        Value::Object(m) => {
-            out.push('{');
-            for (i, (k, v)) in m.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline(out, level + 1);
-                write_json_string(out, k);
-                out.push_str(": ");
-                write_json(out, v, level + 1);
-            }
-            newline(out, level);
-            out.push('}');
-        }
-    }
-}
-
-fn write_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// Seconds since the epoch, for "installed during this build".
@@ -465,8 +399,8 @@ mod tests {
 
     #[test]
     fn json_strings_are_ascii() {
-        let mut s = String::new();
-        write_json(&mut s, &json!({"k": "é\u{1F600}\"\\\n\u{1}", "a": [], "o": {}}), 0);
+        let style = mkosi_config::json::Style { indent: Some(2), sort_keys: false };
+        let s = mkosi_config::json::dumps(&json!({"k": "é\u{1F600}\"\\\n\u{1}", "a": [], "o": {}}), style);
         assert_eq!(s, "{\n  \"k\": \"\\u00e9\\ud83d\\ude00\\\"\\\\\\n\\u0001\",\n  \"a\": [],\n  \"o\": {}\n}");
     }
 }

@@ -1,69 +1,92 @@
-//! JSON output byte-identical to Python's `json.dumps(obj, indent=4,
-//! sort_keys=True)`: sorted keys, four-space indentation, `", "`/`": "`
-//! separators and every non-ASCII character escaped.
+//! JSON output byte-identical to Python's `json.dumps()` (with the default `ensure_ascii`):
+//! `", "`/`": "` separators on one line, or with `indent` one item per line and `","` at line
+//! ends; every non-ASCII character escaped. [`dump`] is upstream's `dump_json()`
+//! (`indent=4, sort_keys=True`).
 
 use serde_json::Value;
 
+/// How to lay out the JSON, like the arguments of Python's `json.dumps()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// Spaces per level, or everything on one line.
+    pub indent: Option<usize>,
+    /// Sort object keys (else keep their order).
+    pub sort_keys: bool,
+}
+
 /// Serialize `value` like upstream's `dump_json()`.
 pub fn dump(value: &Value) -> String {
+    dumps(value, Style { indent: Some(4), sort_keys: true })
+}
+
+/// Serialize `value` like Python's `json.dumps(value, indent=…, sort_keys=…)`.
+pub fn dumps(value: &Value, style: Style) -> String {
     let mut out = String::new();
-    write_value(&mut out, value, 0);
+    write_value(&mut out, value, 0, style);
     out
 }
 
-fn indent(out: &mut String, level: usize) {
-    out.push('\n');
-    for _ in 0..level {
-        out.push_str("    ");
+fn separator(out: &mut String, first: bool, level: usize, style: Style) {
+    match style.indent {
+        Some(n) => {
+            if !first {
+                out.push(',');
+            }
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+        None => {
+            if !first {
+                out.push_str(", ");
+            }
+        }
     }
 }
 
-fn write_value(out: &mut String, value: &Value, level: usize) {
+fn close(out: &mut String, level: usize, style: Style) {
+    if let Some(n) = style.indent {
+        out.push('\n');
+        out.push_str(&" ".repeat(n * level));
+    }
+}
+
+fn write_value(out: &mut String, value: &Value, level: usize, style: Style) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => out.push_str(&n.to_string()),
         Value::String(s) => write_string(out, s),
+        Value::Array(a) if a.is_empty() => out.push_str("[]"),
         Value::Array(a) => {
-            if a.is_empty() {
-                out.push_str("[]");
-                return;
-            }
             out.push('[');
             for (i, v) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                indent(out, level + 1);
-                write_value(out, v, level + 1);
+                separator(out, i == 0, level + 1, style);
+                write_value(out, v, level + 1, style);
             }
-            indent(out, level);
+            close(out, level, style);
             out.push(']');
         }
+        Value::Object(o) if o.is_empty() => out.push_str("{}"),
         Value::Object(o) => {
-            if o.is_empty() {
-                out.push_str("{}");
-                return;
-            }
             let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort();
+            if style.sort_keys {
+                keys.sort();
+            }
             out.push('{');
             for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                indent(out, level + 1);
+                separator(out, i == 0, level + 1, style);
                 write_string(out, k);
                 out.push_str(": ");
-                write_value(out, &o[k.as_str()], level + 1);
+                write_value(out, &o[k.as_str()], level + 1, style);
             }
-            indent(out, level);
+            close(out, level, style);
             out.push('}');
         }
     }
 }
 
-fn write_string(out: &mut String, s: &str) {
+/// A JSON string literal with Python's escaping (`ensure_ascii=True`).
+pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
