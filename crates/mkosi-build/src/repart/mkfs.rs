@@ -825,6 +825,13 @@ fn make_filesystem_with(tb: &Toolbox, req: &MkfsRequest) -> Result<()> {
     if let (Some(mcopy), Some(root)) = (mcopy, req.root) {
         populate_vfat(tb, &mcopy, req, root)?;
     }
+    if let (true, Some(root), Some(epoch)) =
+        (matches!(req.fstype, "ext2" | "ext3" | "ext4"), req.root, req.source_date_epoch)
+    {
+        if tb.version(&tool, "-V").is_some_and(|v| v < (1, 47, 1)) {
+            clamp_ext_times(tb, req.output, root, epoch)?;
+        }
+    }
     crate::log::debug(&format!(
         "{} successfully formatted as {} (label \"{}\", uuid {})",
         req.output.display(),
@@ -832,6 +839,49 @@ fn make_filesystem_with(tb: &Toolbox, req: &MkfsRequest) -> Result<()> {
         req.label,
         uuid_string(&req.uuid)
     ));
+    Ok(())
+}
+
+/// mke2fs before 1.47.1 copies the change and access times of the source files into the image
+/// even with `SOURCE_DATE_EPOCH` set (later versions clamp them). The ctime of the staged files
+/// is the time of the build, so set those fields to the epoch afterwards with debugfs, by path.
+fn clamp_ext_times(tb: &Toolbox, image: &Path, root: &Path, epoch: u64) -> Result<()> {
+    let debugfs = tb.find("debugfs", "to make ext4 timestamps reproducible")?;
+    let mut script = String::new();
+    let mut stack = vec![PathBuf::from("/")];
+    while let Some(rel) = stack.pop() {
+        let path = rel.to_string_lossy();
+        if path.contains('"') || path.contains('\n') || path.contains('\\') {
+            crate::log::debug(&format!("Cannot clamp the timestamps of {path} with debugfs, leaving them"));
+        } else {
+            for field in ["ctime", "atime"] {
+                script.push_str(&format!("sif \"{path}\" {field} @{epoch}\n"));
+            }
+        }
+        let dir = root.join(rel.strip_prefix("/").unwrap_or(&rel));
+        let md = fs::symlink_metadata(&dir).map_err(io("inspecting", &dir))?;
+        if md.is_dir() {
+            let mut names: Vec<std::ffi::OsString> = fs::read_dir(&dir)
+                .map_err(io("reading", &dir))?
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect();
+            names.sort();
+            for n in names.into_iter().rev() {
+                stack.push(rel.join(n));
+            }
+        }
+    }
+    let scratch = Scratch::new()?;
+    let file = scratch.0.join("clamp-times");
+    fs::write(&file, script).map_err(io("writing", &file))?;
+    let argv = vec![
+        debugfs.to_string_lossy().into_owned(),
+        "-w".into(),
+        "-f".into(),
+        file.to_string_lossy().into_owned(),
+        image.to_string_lossy().into_owned(),
+    ];
+    run(&tb.cmd(argv, Vec::new()).stdout(Sink::Capture).quiet())?;
     Ok(())
 }
 
