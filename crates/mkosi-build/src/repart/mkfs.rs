@@ -881,7 +881,9 @@ fn clamp_ext_times(tb: &Toolbox, image: &Path, root: &Path, epoch: u64) -> Resul
         file.to_string_lossy().into_owned(),
         image.to_string_lossy().into_owned(),
     ];
-    run(&tb.cmd(argv, Vec::new()).stdout(Sink::Capture).quiet())?;
+    // The fake time keeps debugfs from stamping the superblock with the current time.
+    let env = vec![("E2FSPROGS_FAKE_TIME".to_string(), epoch.to_string())];
+    run(&tb.cmd(argv, env).stdout(Sink::Capture).quiet())?;
     Ok(())
 }
 
