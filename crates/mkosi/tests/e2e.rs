@@ -704,6 +704,24 @@ fn tar_is_reproducible() {
     panic!("two builds with the same SourceDateEpoch differ:\n{}", report.join("\n"));
 }
 
+#[test]
+fn cpio_is_reproducible() {
+    if !enabled("cpio_is_reproducible") {
+        return;
+    }
+    let _lock = serial();
+    let s = Scratch::new("reproducible-cpio");
+    let mut sums = Vec::new();
+    for run in ["first", "second"] {
+        let dir = s.path().join(run);
+        std::fs::create_dir(&dir).unwrap();
+        config_tree(&dir, CONFIG);
+        build(&dir, &["--format=cpio", "--source-date-epoch=1700000000"]);
+        sums.push(sha256(&dir.join("image.cpio.zst")));
+    }
+    assert_eq!(sums[0], sums[1], "two cpio builds with the same SourceDateEpoch differ");
+}
+
 // --- (e) and (f) --------------------------------------------------------------
 
 #[test]
