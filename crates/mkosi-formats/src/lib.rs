@@ -6,4 +6,6 @@ pub mod compress;
 pub mod cpio;
 pub mod deb;
 pub mod gpt;
+pub mod pe;
+pub mod uki;
 pub mod verity;
