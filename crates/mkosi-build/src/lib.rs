@@ -12,6 +12,7 @@ pub mod cache;
 pub mod context;
 pub mod disk;
 pub mod error;
+pub mod kmod;
 pub mod log;
 pub mod manifest;
 pub mod outputs;

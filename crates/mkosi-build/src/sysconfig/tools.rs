@@ -59,20 +59,19 @@ pub fn run_depmod(ctx: &Context, cache: bool) -> Result<()> {
     if !Applies::of(c).depmod {
         return Ok(());
     }
-    // Kernel module and firmware filtering (KernelModules=, FirmwareFiles=…) belongs here for
-    // the final run (`!cache`), before depmod. It is not implemented: refuse rather than ship
-    // modules the configuration asked to leave out.
-    let filters = !c.list("KernelModules").is_empty()
-        || c.bool("KernelModulesIncludeHost")
-        || !c.list("KernelModulesExclude").is_empty()
-        || !c.list("FirmwareFiles").is_empty()
-        || !c.list("FirmwareExclude").is_empty();
-    if !cache && filters && sorted_entries(&ctx.root().join("usr/lib/modules")).iter().any(|k| is_valid_kdir(k)) {
-        return Err(crate::error::BuildError::hint(
-            "Filtering kernel modules and firmware (KernelModules=, KernelModulesExclude=, FirmwareFiles=, \
-             FirmwareExclude=) is not implemented yet",
-            "Remove these settings, or the kernel modules from the image, for now",
-        ));
+    // Kernel module and firmware filtering (KernelModules=, FirmwareFiles=…) happens in the
+    // final run (`!cache`), before depmod; kernels that lost modules always get a fresh depmod.
+    let mut filtered: Vec<PathBuf> = Vec::new();
+    if !cache {
+        for kdir in sorted_entries(&ctx.root().join("usr/lib/modules")) {
+            if !is_valid_kdir(&kdir) {
+                continue;
+            }
+            let Some(kver) = kdir.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+            if crate::kmod::filter_image_modules(ctx, &kver)? {
+                filtered.push(kdir);
+            }
+        }
     }
     if c.output_format().is_extension_or_portable_image() {
         return Ok(());
@@ -83,7 +82,8 @@ pub fn run_depmod(ctx: &Context, cache: bool) -> Result<()> {
             continue;
         }
         let Some(kver) = kdir.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
-        if !cache && c.list("KernelModulesExclude").is_empty() && depmod_up_to_date(&kdir) {
+        if !cache && c.list("KernelModulesExclude").is_empty() && !filtered.contains(&kdir) && depmod_up_to_date(&kdir)
+        {
             continue;
         }
         log::step(&format!("Running depmod for {kver}"));
