@@ -26,6 +26,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     # check the images with (sfdisk, fsck of each filesystem, veritysetup, systemd-dissect).
     pkgs+=(fdisk e2fsprogs dosfstools mtools erofs-utils squashfs-tools btrfs-progs xfsprogs cryptsetup-bin
         systemd-container util-linux)
+    pkgs+=(sbsigntool binutils)  # Secure Boot signing (sbsign, sbverify, sbvarsign) and objdump for the UKI tests
     # The end-to-end builds: the archive keyring, compressors and archivers
     # to inspect outputs, newuidmap/newgidmap and setpriv/useradd for the
     # unprivileged build, apt-ftparchive and gpg for local repositories.

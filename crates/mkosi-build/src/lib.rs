@@ -21,6 +21,7 @@ pub mod progress;
 pub mod repart;
 pub mod repository;
 pub mod scripts;
+pub mod secureboot;
 pub mod signature;
 pub mod sysconfig;
 pub mod tree;

@@ -29,7 +29,12 @@
 //!   used as is; several are concatenated, each padded to 4 bytes.
 //!
 //! Known differences from ukify: ukify refuses stubs that make its PE library
-//! warn and checks splash images with PIL; neither is done here. A kernel that
+//! warn and checks splash images with PIL; neither is done here. Without an
+//! os-release text ukify falls back to the host's `/etc/os-release`; here there
+//! is simply no `.osrel` (mkosi always passes the image's). ukify collapses
+//! whitespace in a `--cmdline` given as an argument (not as `@file`); here the
+//! text is always taken verbatim, like `@file`. SBAT text is split into lines
+//! at `\n` (and `\r\n`) only, where Python also splits at other line breaks. A kernel that
 //! is not a PE image is decompressed like ukify does for gzip, zstd, xz/lzma and
 //! zboot images (not lz4, bzip2 or lzo). When no kernel version is given it is
 //! read from the x86 boot header or from the `Linux version` banner, but not
