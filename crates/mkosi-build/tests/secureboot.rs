@@ -252,3 +252,46 @@ fn auto_enroll_needs_keys() {
     assert!(err.to_string().contains("needs a signing key"), "{err}");
     assert!(!dir.path().join("efi").exists());
 }
+
+#[test]
+fn signed_uki_verifies_and_keeps_its_sections() {
+    if !tools_present(&["openssl", "sbsign", "sbverify"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stub = dir.path().join("deb/usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    let extracted = cached_systemd_boot_deb().is_some_and(|deb| {
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.path().join("deb")).status().is_ok_and(|s| s.success())
+    });
+    if !extracted || !stub.is_file() {
+        println!("SKIPPED: no systemd-stub package cached");
+        return;
+    }
+    let (key, crt) = keypair(dir.path());
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, tiny_efi()).expect("write");
+    let input = mkosi_formats::uki::UkiInput {
+        stub,
+        linux: Some(kernel),
+        cmdline: Some("console=ttyS0\0".into()),
+        os_release: Some("ID=test\n".into()),
+        uname: Some("6.1.0".into()),
+        ..Default::default()
+    };
+    let unsigned = dir.path().join("uki.unsigned.efi");
+    mkosi_formats::uki::build(&input, &unsigned).expect("uki");
+    let signed = dir.path().join("uki.efi");
+    secureboot::sign_efi(&config(&key, &crt, "sbsign"), &unsigned, &signed).expect("sign");
+    assert!(sbverify(&crt, &signed));
+    let data = std::fs::read(&signed).expect("read");
+    assert_eq!(mkosi_formats::pe::kernel_type(&data), mkosi_formats::pe::KernelType::Uki);
+    assert!(mkosi_formats::pe::PeFile::parse(&data).expect("parse").is_signed());
+    assert_eq!(
+        mkosi_formats::uki::extract_section(&signed, ".cmdline").expect("extract"),
+        Some(b"console=ttyS0\0".to_vec())
+    );
+    // A signed UKI cannot serve as a stub.
+    let again = mkosi_formats::uki::UkiInput { stub: signed, ..input };
+    let err = mkosi_formats::uki::assemble(&again).expect_err("signed stub");
+    assert!(err.to_string().contains("signed"), "{err}");
+}
