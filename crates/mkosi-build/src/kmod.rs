@@ -367,11 +367,11 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The `key=value` entries of the `.modinfo` section of an ELF module image.
-pub fn modinfo_entries(elf: &[u8]) -> std::result::Result<Vec<(String, String)>, String> {
+pub fn modinfo_entries(elf: &[u8]) -> Result<Vec<(String, String)>> {
     use object::{Object, ObjectSection};
-    let file = object::File::parse(elf).map_err(|e| format!("not an ELF object: {e}"))?;
+    let file = object::File::parse(elf).map_err(|e| BuildError::msg(format!("not an ELF object: {e}")))?;
     let Some(section) = file.section_by_name(".modinfo") else { return Ok(vec![]) };
-    let data = section.data().map_err(|e| format!("unreadable .modinfo section: {e}"))?;
+    let data = section.data().map_err(|e| BuildError::msg(format!("unreadable .modinfo section: {e}")))?;
     Ok(parse_modinfo_strings(data))
 }
 
