@@ -367,18 +367,7 @@ pub fn make_esp(ctx: &Context) -> Result<()> {
     if efi_arch(c.architecture()).is_none() {
         return Err(BuildError::msg(format!("Architecture {} does not support UEFI", c.architecture())));
     }
-    if c.bootable() == Feature::Enabled {
-        return Err(BuildError::hint(
-            "Bootable ESP images (with a unified kernel image) are not implemented yet",
-            "Set Bootable=no to get an ESP with the contents of /boot and /efi",
-        ));
-    }
-    if c.bootable() == Feature::Auto && crate::boot::has_kernel(ctx) {
-        return Err(BuildError::hint(
-            "The image has a kernel, so upstream would put a unified kernel image into the ESP; that is not implemented yet",
-            "Set Bootable=no to get an ESP with the contents of /boot and /efi",
-        ));
-    }
+    crate::boot::kernel::install_esp_uki(ctx)?;
     let dir = ctx.workspace.join("esp-definitions");
     std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
     let min_mb: u64 = if c.int("SectorSize") == Some(512) { 36 } else { 260 };

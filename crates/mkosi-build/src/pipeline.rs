@@ -51,6 +51,7 @@ pub fn format_supported(format: OutputFormat) -> bool {
             | OutputFormat::None
             | OutputFormat::Disk
             | OutputFormat::Esp
+            | OutputFormat::Uki
             | OutputFormat::Sysext
             | OutputFormat::Confext
             | OutputFormat::Portable
@@ -144,19 +145,26 @@ fn prepare_root(ctx: &Context) -> Result<()> {
         Some(u) => u.replace('-', "") + "\n",
         None => "uninitialized\n".to_string(),
     };
+    let created = std::fs::symlink_metadata(&machine_id).is_err();
     std::fs::write(&machine_id, id).map_err(io("writing", &machine_id))?;
+    use std::os::unix::fs::PermissionsExt;
+    if created {
+        // Read-only like systemd creates it.
+        std::fs::set_permissions(&machine_id, std::fs::Permissions::from_mode(0o444))
+            .map_err(io("chmod", &machine_id))?;
+    }
 
     for (d, mode) in [("efi", 0o500), ("boot", 0o500), ("boot/loader", 0o700)] {
         let p = root.join(d);
         if !p.exists() {
             std::fs::create_dir_all(&p).map_err(io("creating", &p))?;
-            use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &p))?;
         }
     }
     let srel = root.join("boot/loader/entries.srel");
     if !srel.exists() {
         std::fs::write(&srel, "type1\n").map_err(io("writing", &srel))?;
+        std::fs::set_permissions(&srel, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod", &srel))?;
     }
     Ok(())
 }
@@ -427,14 +435,14 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     step(ctx, "Configuring the clock epoch", crate::sysconfig::configure_clock)?;
     step(ctx, "Installing the verity certificate", crate::sysconfig::configure_verity_certificate)?;
     step(ctx, "Creating mount points", crate::sysconfig::configure_mountpoints)?;
-    // Boot loaders (systemd-boot, grub, shim) are installed here once implemented; until then
-    // builds that would need them stop early (`boot::check_supported`).
+    step(ctx, "Installing systemd-boot", crate::boot::systemd_boot::install)?;
     step(ctx, "Generating locales", crate::sysconfig::run_locale_gen)?;
     step(ctx, "Generating system users", crate::sysconfig::run_sysusers)?;
     step(ctx, "Generating volatile files", crate::sysconfig::run_tmpfiles)?;
     step(ctx, "Applying presets", crate::sysconfig::run_preset)?;
     step(ctx, "Running depmod", |ctx| crate::sysconfig::run_depmod(ctx, false))?;
     step(ctx, "Applying first boot settings", crate::sysconfig::run_firstboot)?;
+    step(ctx, "Saving the ESP components", crate::boot::kernel::save_esp_components)?;
     step(ctx, "Removing packages", remove_packages)?;
     step(ctx, "Recording packages in manifest", |ctx| crate::manifest::record(ctx, started))?;
     step(ctx, "Relabeling files", crate::sysconfig::run_selinux_relabel)?;
@@ -453,7 +461,17 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
         partitions = crate::disk::make_disk(ctx, crate::disk::Pass::Initial)?;
         Ok(())
     })?;
-    step(ctx, "Installing kernels", crate::boot::check_kernels)?;
+    step(ctx, "Installing kernels", |ctx| crate::boot::install_kernel(ctx, &partitions))?;
+    step(ctx, "Clamping modification times of /boot and /efi", |ctx| {
+        let epoch = ctx.config.int("SourceDateEpoch");
+        for d in ["boot", "efi"] {
+            let p = ctx.root().join(d);
+            if p.exists() {
+                normalize_mtime(&p, epoch)?;
+            }
+        }
+        Ok(())
+    })?;
     step(ctx, "Formatting ESP/XBOOTLDR partitions", |ctx| {
         if partitions.iter().any(|p| p.deferred) {
             crate::disk::make_disk(ctx, crate::disk::Pass::Boot)?;
@@ -465,6 +483,7 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     }
     step(ctx, "Creating the split tar archive", outputs::make_split_tar)?;
     step(ctx, "Copying the nspawn settings", outputs::copy_nspawn_settings)?;
+    step(ctx, "Copying the kernel, initrd and UKI", crate::boot::kernel::copy_split_artifacts)?;
     step(ctx, "Generating the output", outputs::make_output)?;
     step(ctx, "Running post-output scripts", scripts::run_postoutput_scripts)?;
     step(ctx, "Moving outputs into place", outputs::finalize_staging)?;
