@@ -67,7 +67,10 @@ fn check_cache_settings(config: &Config) -> Result<()> {
     if config.incremental() != Incremental::No && config.cache_only() == CacheOnly::Never {
         return Err(BuildError::msg("--cache-only=never cannot be used with --incremental=yes"));
     }
-    if matches!(config.cache_only(), CacheOnly::Always | CacheOnly::Metadata) && !has_cache_dir {
+    // The system's own package cache (/var, as mkosi-initrd uses it as root)
+    // brings its own metadata.
+    let system_cache = config.path("PackageCacheDirectory").as_deref() == Some(Path::new("/var"));
+    if matches!(config.cache_only(), CacheOnly::Always | CacheOnly::Metadata) && !has_cache_dir && !system_cache {
         return Err(BuildError::msg(format!(
             "A cache directory must be configured in order to use CacheOnly={}",
             config.cache_only()
@@ -424,4 +427,28 @@ pub fn clean(args: &Args, tools: Option<&Config>, images: &[Config], host: &Host
         tree::rmtree(&[dir.join(".mkosi-private/history")])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn cache_only_needs_a_cache_directory_or_the_system_cache() {
+        let check = |v: serde_json::Value| {
+            let mut c = Config::from_values([("Format".to_string(), json!("directory"))]);
+            for (k, v) in v.as_object().into_iter().flatten() {
+                c.set(k, v.clone());
+            }
+            check_cache_settings(&c)
+        };
+        assert!(check(json!({"CacheOnly": "metadata"})).is_err());
+        assert!(check(json!({"CacheOnly": "always", "PackageCacheDirectory": "/var/cache/x"})).is_err());
+        assert!(check(json!({"CacheOnly": "metadata", "CacheDirectory": "/var/cache/x"})).is_ok());
+        // mkosi-initrd as root: the system's package cache and metadata.
+        assert!(check(json!({"CacheOnly": "metadata", "PackageCacheDirectory": "/var"})).is_ok());
+        assert!(check(json!({"CacheOnly": "auto"})).is_ok());
+    }
 }

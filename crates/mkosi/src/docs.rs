@@ -168,10 +168,26 @@ fn show_roff(roff: &str) -> Result<()> {
     Ok(())
 }
 
+/// Show a manual other than mkosi's own (e.g. mkosi-initrd's): as a man page
+/// when `man` is installed, else as markdown (paged when interactive).
+pub fn show_manual(md: &str, title: &str, pager: bool) -> Result<()> {
+    if have("man") {
+        let roff = to_roff(md).replacen(".TH MKOSI ", &format!(".TH {title} "), 1);
+        return show_roff(&roff);
+    }
+    crate::page(md, pager)
+}
+
 pub fn documentation(args: &Args) -> Result<()> {
     let manual = args.cmdline.first().map(String::as_str).unwrap_or("mkosi");
+    if manual == "mkosi-initrd" {
+        return match args.doc_format {
+            DocFormat::Markdown => crate::page(crate::initrd_tool::manual(), args.pager),
+            _ => show_manual(crate::initrd_tool::manual(), "MKOSI-INITRD", args.pager),
+        };
+    }
     if !matches!(manual, "mkosi") {
-        bail!("The '{manual}' manual is not available yet; only 'mkosi' is");
+        bail!("The '{manual}' manual is not available yet; only 'mkosi' and 'mkosi-initrd' are");
     }
     let md = markdown();
     let format = match args.doc_format {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod docs;
+mod initrd_tool;
 mod resources;
 mod verbs;
 
@@ -55,6 +56,14 @@ fn main() -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let code = mkosi_sandbox::main(args);
         return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    // `mkosi-initrd`: build an initrd for the running system.
+    if name == "mkosi-initrd" {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return match initrd_tool::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => ExitCode::from(report(&e)),
+        };
     }
 
     match run() {

@@ -151,10 +151,25 @@ pub fn run_sysusers(ctx: &Context) -> Result<()> {
         return missing("systemd-sysusers", "generating system users");
     }
     log::step("Generating system users");
+    // systemd-sysusers before v254 leaves its lock file behind; newer ones do
+    // not, so drop it unless the image already had one.
+    let lock = ctx.root().join("etc/.pwd.lock");
+    let had_lock = std::fs::symlink_metadata(&lock).is_ok();
     run(&Cmd::new(["systemd-sysusers", "--root=/buildroot"])
         .sandbox(buildroot_sandbox(ctx)?)
         .env(tool_env(ctx, ctx.environment())))?;
+    if !had_lock {
+        remove_stale_lock(&lock)?;
+    }
     Ok(())
+}
+
+/// Remove an empty lock file a tool created (a non-empty one is not ours to remove).
+pub fn remove_stale_lock(lock: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(lock) {
+        Ok(md) if md.is_file() && md.len() == 0 => std::fs::remove_file(lock).map_err(io("removing", lock)),
+        _ => Ok(()),
+    }
 }
 
 /// The arguments of `systemd-tmpfiles`. Without full root rights the
@@ -563,6 +578,19 @@ mod tests {
         assert!(!is_valid_kdir(&k), "only updates/");
         std::fs::create_dir_all(k.join("kernel/fs")).unwrap();
         assert!(is_valid_kdir(&k));
+    }
+
+    #[test]
+    fn stale_lock_files() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = d.path().join(".pwd.lock");
+        remove_stale_lock(&lock).unwrap();
+        std::fs::write(&lock, "").unwrap();
+        remove_stale_lock(&lock).unwrap();
+        assert!(!lock.exists(), "an empty lock file is removed");
+        std::fs::write(&lock, "x").unwrap();
+        remove_stale_lock(&lock).unwrap();
+        assert!(lock.exists(), "a lock file with content is kept");
     }
 
     #[test]
