@@ -114,3 +114,17 @@ fn summary_shows_the_configuration_handed_to_mkosi() {
         .collect();
     assert!(left.is_empty(), "scratch directories left behind: {left:?}");
 }
+
+#[test]
+fn manual() {
+    let d = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mkosi"))
+        .args(["--doc-format=markdown", "documentation", "mkosi-initrd"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert!(md.contains("mkosi-initrd - build an initrd"), "{md}");
+    assert!(md.contains("`--kernel-version=KVER`"), "{md}");
+}
