@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod outputs;
 pub mod pipeline;
 pub mod progress;
+pub mod qemu;
 pub mod repart;
 pub mod repository;
 pub mod scripts;
