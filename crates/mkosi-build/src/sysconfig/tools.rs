@@ -52,8 +52,8 @@ pub fn depmod_up_to_date(kdir: &Path) -> bool {
     walk(kdir, dep)
 }
 
-/// `depmod` for every kernel in the image. Before the cache is saved
-/// (`cache`) it always runs; afterwards only where modules changed.
+/// `depmod` for every kernel in the image where its output is older than a module (or
+/// modules were filtered out).
 pub fn run_depmod(ctx: &Context, cache: bool) -> Result<()> {
     let c = ctx.config;
     if !Applies::of(c).depmod {
@@ -82,8 +82,11 @@ pub fn run_depmod(ctx: &Context, cache: bool) -> Result<()> {
             continue;
         }
         let Some(kver) = kdir.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
-        if !cache && c.list("KernelModulesExclude").is_empty() && !filtered.contains(&kdir) && depmod_up_to_date(&kdir)
-        {
+        // Upstream always runs depmod before the cache is saved. Its output only depends on
+        // the modules, so when it is newer than every module (the kernel package's own
+        // postinst ran depmod) running it again changes nothing and takes seconds.
+        let unchanged = cache || (c.list("KernelModulesExclude").is_empty() && !filtered.contains(&kdir));
+        if unchanged && depmod_up_to_date(&kdir) {
             continue;
         }
         log::step(&format!("Running depmod for {kver}"));
