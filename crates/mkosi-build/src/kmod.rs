@@ -798,8 +798,17 @@ pub fn parse_loaded_modules(proc_modules: &str) -> Vec<String> {
 /// The modules loaded on the host (`/proc/modules`).
 pub fn loaded_modules() -> Result<Vec<String>> {
     let path = Path::new("/proc/modules");
-    let text = std::fs::read_to_string(path).map_err(io("reading", path))?;
-    Ok(parse_loaded_modules(&text))
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(parse_loaded_modules(&text)),
+        // A kernel without loadable module support has no /proc/modules: nothing is loaded.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::warn(
+                "/proc/modules does not exist (the running kernel has no loadable modules); 'host' selects no modules",
+            );
+            Ok(Vec::new())
+        }
+        Err(e) => Err(io("reading", path)(e)),
+    }
 }
 
 /// The `KernelModules=` list of the built-in mkosi-initrd configuration for `arch` (what

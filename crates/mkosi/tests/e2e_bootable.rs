@@ -58,6 +58,9 @@ fn type1_entries_with_systemd_boot() {
     );
     assert_eq!(std::fs::read_to_string(root.join("etc/kernel/entry-token")).unwrap(), "debian\n");
     assert!(!root.join("efi/loader/random-seed").exists());
+    // The hardware database is generated (with the image's systemd-hwdb when the host has none).
+    assert!(root.join("usr/lib/udev/hwdb.bin").exists());
+    assert!(!root.join("etc/udev/hwdb.bin").exists());
 
     // The Type #1 entry, its kernel and initrds.
     let entry = std::fs::read_to_string(root.join(format!("boot/loader/entries/debian-{kver}.conf"))).unwrap();

@@ -105,13 +105,23 @@ pub fn run_hwdb(ctx: &Context) -> Result<()> {
     if !Applies::of(ctx.config).system_tools {
         return Ok(());
     }
-    if find_tool("systemd-hwdb").is_none() {
+    if find_tool("systemd-hwdb").is_some() {
+        log::step("Generating hardware database");
+        run(&Cmd::new(["systemd-hwdb", "--root=/buildroot", "--usr", "--strict", "update"])
+            .sandbox(buildroot_sandbox(ctx)?)
+            .env(tool_env(ctx, vec![])))?;
+    } else if ctx.root().join("usr/bin/systemd-hwdb").exists()
+        && ctx.config.architecture() == mkosi_config::enums::Architecture::native()
+    {
+        // Upstream takes systemd-hwdb from its tools tree; without one on the host the image's
+        // own (same source data, same result) does the job.
+        log::step("Generating hardware database (with the image's systemd-hwdb)");
+        run(&Cmd::new(["systemd-hwdb", "--usr", "--strict", "update"])
+            .sandbox(chroot_sandbox(ctx)?)
+            .env(tool_env(ctx, vec![])))?;
+    } else {
         return missing("systemd-hwdb", "generating hwdb");
     }
-    log::step("Generating hardware database");
-    run(&Cmd::new(["systemd-hwdb", "--root=/buildroot", "--usr", "--strict", "update"])
-        .sandbox(buildroot_sandbox(ctx)?)
-        .env(tool_env(ctx, vec![])))?;
     let etc = ctx.root().join("etc/udev/hwdb.bin");
     match std::fs::remove_file(&etc) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &etc)(e)),
