@@ -1,0 +1,213 @@
+//! End-to-end boots of real Debian trixie images in qemu (`MKOSI_E2E=1`, root).
+//!
+//! Each image carries a unit, wanted by multi-user.target, that writes a marker
+//! line to the serial console and powers the machine off; a test passes when
+//! the marker shows up in the serial log. The guests run under KVM when
+//! `mkosi_build::qemu::kvm_usable()` says KVM really works here, else under
+//! TCG (slow: about a minute to the marker on 2 cores).
+//!
+//! - `direct_kernel_boot`: a `Format=directory` build with Debian's kernel and
+//!   initramfs-tools initrd, copied into an ext4 image with `mkfs.ext4 -d` and
+//!   booted with `-kernel/-initrd/-append` under OVMF. It checks the qemu runner,
+//!   the firmware discovery and the image's userspace independently of mkosi's
+//!   boot loader support.
+//! - `uefi_boot_of_a_bootable_disk_image`: `Format=disk` with `Bootable=yes`
+//!   (systemd-boot, a UKI with mkosi's initrd), booted from the disk by OVMF
+//!   with secure boot support (SMM), the firmware upstream picks for Debian.
+//!
+//! ```sh
+//! MKOSI_E2E=1 cargo test --release -p mkosi --test e2e_boot -- --test-threads=1 --nocapture
+//! ```
+//!
+//! `MKOSI_E2E_CACHE`, `MKOSI_E2E_TMPDIR` and `MKOSI_E2E_KEEP=1` work as in
+//! `e2e.rs`; the serial console log of a failed boot is printed.
+//!
+//! Host tools: qemu-system-x86 (qemu-system-x86_64), ovmf (firmware and its
+//! qemu descriptors), e2fsprogs (mkfs.ext4).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use mkosi_build::qemu::{self, Accel, FirmwareQuery, QemuCommand, Serial};
+
+const MARKER: &str = "MKOSI-E2E-BOOT-MARKER-7f3a";
+
+/// A unit that reports a finished boot on the serial console and powers off.
+fn marker_unit() -> String {
+    format!(
+        "[Unit]\n\
+         Description=Report a finished boot on the serial console\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart=/bin/sh -c 'echo {MARKER} >/dev/ttyS0'\n\
+         ExecStartPost=/usr/bin/systemctl --no-block poweroff\n"
+    )
+}
+
+/// An extra tree with the marker unit enabled through a wants symlink.
+fn extra_tree(dir: &Path) {
+    write(dir, "mkosi.extra/etc/systemd/system/mkosi-e2e-marker.service", &marker_unit());
+    let wants = dir.join("mkosi.extra/etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink("../mkosi-e2e-marker.service", wants.join("mkosi-e2e-marker.service")).unwrap();
+}
+
+/// System configuration that keeps systemd-firstboot from asking anything.
+const FIRSTBOOT: &str = "Locale=C.UTF-8\nKeymap=us\nTimezone=UTC\nRootPassword=mkosi\n";
+
+fn usable_for_tests() -> bool {
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("skipping: the boot tests build x86-64 images");
+        return false;
+    }
+    if !is_root() {
+        eprintln!("skipping: the boot tests need root");
+        return false;
+    }
+    true
+}
+
+fn accel() -> Accel {
+    let probe = qemu::kvm_probe_result();
+    let accel = Accel::detect();
+    eprintln!("accelerator: {} (KVM probe: {})", accel.name(), probe.reason);
+    accel
+}
+
+fn timeout(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(180),
+        Accel::Tcg => Duration::from_secs(600),
+    }
+}
+
+/// Boot `cmd`, print how long it took to reach the marker, and fail with the
+/// serial log when it never came.
+fn boot(mut cmd: QemuCommand, dir: &Path, what: &str) {
+    let serial = dir.join("serial.log");
+    cmd.serial = Serial::File(serial.clone());
+    let args: Vec<String> = cmd.args().unwrap().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    eprintln!("{} {}", cmd.qemu, args.join(" "));
+    let run = qemu::run_until_marker(&cmd, MARKER, timeout(cmd.accel), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("running qemu: {e}"));
+    assert!(
+        run.found,
+        "{what}: no marker after {:.0?} ({}, qemu {}):\n--- qemu ---\n{}\n--- serial console (tail) ---\n{}",
+        run.elapsed,
+        cmd.accel.name(),
+        run.exit.map(|s| s.to_string()).unwrap_or_else(|| "killed".into()),
+        tail(&run.qemu_output, 30),
+        tail(&run.serial_log, 80),
+    );
+    eprintln!(
+        "{what}: qemu start to marker in {:.1}s under {}; the guest {}",
+        run.elapsed.as_secs_f64(),
+        cmd.accel.name(),
+        match run.exit {
+            Some(s) => format!("powered off ({s})"),
+            None => "did not power off within 30s and was stopped".into(),
+        }
+    );
+}
+
+/// A private copy of the firmware's variable store in `dir`.
+fn firmware(secure_boot: bool, dir: &Path) -> (qemu::Firmware, PathBuf) {
+    let fw = qemu::find_firmware(&FirmwareQuery::host(secure_boot)).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("firmware: {} ({})", fw.description, fw.descriptor.display());
+    let vars = qemu::copy_vars_template(&fw, dir).unwrap_or_else(|e| panic!("{e}"));
+    (fw, vars)
+}
+
+/// The only file in `dir` whose name starts with `prefix`.
+fn only(dir: &Path, prefix: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(found.len(), 1, "{prefix}* in {}: {found:?}", dir.display());
+    found.remove(0)
+}
+
+#[test]
+fn direct_kernel_boot() {
+    if !enabled("direct_kernel_boot") || !usable_for_tests() {
+        return;
+    }
+    let accel = accel();
+    let scratch = Scratch::new("boot-direct");
+    let dir = scratch.path();
+    config_dir(
+        dir,
+        &format!(
+            "[Distribution]\nDistribution=debian\nRelease=trixie\n\n\
+             [Output]\nFormat=directory\nOutput=image\n\n\
+             [Content]\nPackages=linux-image-cloud-amd64,systemd,udev,dbus\nBootable=no\n{FIRSTBOOT}"
+        ),
+    );
+    extra_tree(dir);
+    {
+        let _serial = serial();
+        build(dir, &["-f"]);
+    }
+    let root = dir.join("image");
+    let kernel = only(&root.join("boot"), "vmlinuz-");
+    let initrd = only(&root.join("boot"), "initrd.img-");
+
+    // The tree as an ext4 file system (the whole disk, no partition table).
+    let img = dir.join("root.ext4");
+    let (root_s, img_s) = (root.to_string_lossy(), img.to_string_lossy());
+    tool(&["mkfs.ext4", "-q", "-F", "-L", "root", "-d", &root_s, &img_s, "2G"]);
+
+    let mut cmd = QemuCommand::new();
+    cmd.accel = accel;
+    cmd.memory_mib = 1536;
+    cmd.firmware = Some(firmware(false, dir));
+    cmd.disk = Some(img);
+    cmd.kernel = Some(kernel);
+    cmd.initrd = Some(initrd);
+    // No systemd-sysv in the image, so no /sbin/init for initramfs-tools to run.
+    cmd.append = Some("console=ttyS0 root=/dev/vda rw init=/usr/lib/systemd/systemd systemd.firstboot=off".into());
+    boot(cmd, dir, "direct kernel boot");
+}
+
+#[test]
+fn uefi_boot_of_a_bootable_disk_image() {
+    if !enabled("uefi_boot_of_a_bootable_disk_image") || !usable_for_tests() {
+        return;
+    }
+    let accel = accel();
+    let scratch = Scratch::new("boot-disk");
+    let dir = scratch.path();
+    config_dir(
+        dir,
+        &format!(
+            "[Distribution]\nDistribution=debian\nRelease=trixie\n\n\
+             [Output]\nFormat=disk\nOutput=image\n\n\
+             [Content]\n\
+             Packages=linux-image-cloud-amd64,systemd,systemd-boot,systemd-boot-efi,udev,dbus\n\
+             Bootable=yes\nKernelCommandLine=console=ttyS0\n{FIRSTBOOT}"
+        ),
+    );
+    extra_tree(dir);
+    {
+        let _serial = serial();
+        build(dir, &["-f"]);
+    }
+    let img = dir.join("image.raw");
+    assert!(img.is_file(), "no {}", img.display());
+
+    let mut cmd = QemuCommand::new();
+    cmd.accel = accel;
+    cmd.memory_mib = 1536;
+    cmd.firmware = Some(firmware(true, dir));
+    cmd.disk = Some(img);
+    // The same answers again as credentials, should the image's settings be missed.
+    cmd.credentials = vec![("firstboot.locale".into(), "C.UTF-8".into()), ("firstboot.timezone".into(), "UTC".into())];
+    boot(cmd, dir, "UEFI boot of the disk image");
+}
