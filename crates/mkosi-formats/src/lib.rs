@@ -6,6 +6,7 @@ pub mod compress;
 pub mod cpio;
 pub mod deb;
 pub mod gpt;
+pub mod pcr;
 pub mod pe;
 pub mod uki;
 pub mod verity;
