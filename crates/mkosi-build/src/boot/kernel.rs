@@ -229,12 +229,7 @@ fn unsupported_uki_settings(ctx: &Context) -> Result<()> {
     if !c.list("Devicetrees").is_empty() {
         return Err(BuildError::hint("Devicetrees= is not implemented yet", "Remove Devicetrees= for now"));
     }
-    if c.str("SignExpectedPcr") == Some("enabled") {
-        return Err(BuildError::hint(
-            "SignExpectedPcr=yes (signed PCR policies in UKIs) is not implemented yet",
-            "Set SignExpectedPcr=no",
-        ));
-    }
+    super::pcrs::check_supported(c)?;
     if c.strings("SplitArtifacts").iter().any(|a| a == "pcrs") {
         return Err(BuildError::hint("SplitArtifacts=pcrs is not implemented yet", "Remove pcrs from SplitArtifacts="));
     }
@@ -290,8 +285,15 @@ fn build_uki(ctx: &Context, stub: &Path, kernel: &Kernel, parts: &UkiParts, outp
         ..Default::default()
     };
     let unsigned = if c.bool("SecureBoot") { scratch.join("uki.unsigned.efi") } else { output.to_path_buf() };
-    mkosi_formats::uki::build(&input, &unsigned)
-        .map_err(|e| BuildError::msg(format!("Assembling the unified kernel image {}: {e}", output.display())))?;
+    if super::pcrs::want_signed_pcrs(c) {
+        // .pcrpkey and .pcrsig, like ukify --pcr-private-key.
+        let key = super::pcrs::PcrKey::from_config(c)?;
+        super::pcrs::build_signed(&input, &key, &unsigned)
+            .map_err(|e| BuildError::msg(format!("Assembling the unified kernel image {}: {e}", output.display())))?;
+    } else {
+        mkosi_formats::uki::build(&input, &unsigned)
+            .map_err(|e| BuildError::msg(format!("Assembling the unified kernel image {}: {e}", output.display())))?;
+    }
     if c.bool("SecureBoot") {
         crate::secureboot::sign_efi(ctx.config, &unsigned, output)?;
     }

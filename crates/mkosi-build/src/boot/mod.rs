@@ -8,6 +8,7 @@ use mkosi_config::enums::{Feature, OutputFormat};
 use mkosi_config::Config;
 
 pub mod kernel;
+pub mod pcrs;
 pub mod systemd_boot;
 
 pub use kernel::{entry_token, install_kernel, kernel_images, Kernel};
