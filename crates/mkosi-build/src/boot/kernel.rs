@@ -229,17 +229,14 @@ fn unsupported_uki_settings(ctx: &Context) -> Result<()> {
     if !c.list("Devicetrees").is_empty() {
         return Err(BuildError::hint("Devicetrees= is not implemented yet", "Remove Devicetrees= for now"));
     }
-    super::pcrs::check_supported(c)?;
-    if c.strings("SplitArtifacts").iter().any(|a| a == "pcrs") {
-        return Err(BuildError::hint("SplitArtifacts=pcrs is not implemented yet", "Remove pcrs from SplitArtifacts="));
-    }
-    Ok(())
+    super::pcrs::check_supported(c)
 }
 
 /// Builds one UKI at `output` from the image's stub and `kernel` (upstream's `build_uki`).
 fn build_uki(ctx: &Context, stub: &Path, kernel: &Kernel, parts: &UkiParts, output: &Path) -> Result<()> {
     let root = ctx.root();
     let c = ctx.config;
+    super::pcrs::check_supported(c)?;
     log::step(&format!("Generating unified kernel image for kernel version {}", kernel.version));
     let mut initrds = parts.initrds.clone();
     let mut microcode = Vec::new();

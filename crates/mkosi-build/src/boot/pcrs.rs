@@ -15,8 +15,8 @@
 //!
 //! Not done yet (refused with an error): keys from an OpenSSL engine or
 //! provider, and UKI profiles with `SignExpectedPcr=no` (upstream needs
-//! ukify 258's `--sign-profile` for those). `SplitArtifacts=pcrs` is handled
-//! by the caller.
+//! ukify 258's `--sign-profile` for those), and `SplitArtifacts=pcrs` without
+//! signed PCRs (see [`check_supported`]).
 
 use std::path::{Path, PathBuf};
 
@@ -59,10 +59,19 @@ fn profile_flags(c: &Config) -> Vec<bool> {
         .collect()
 }
 
-/// Fails for signed-PCR configurations this version cannot build (checked
-/// before anything is built). Nothing to check when [`want_signed_pcrs`] is false.
+/// Fails for PCR settings this version cannot build (checked before anything
+/// is built). `SplitArtifacts=pcrs` only makes a file upstream when PCRs are
+/// *not* signed (ukify `--policy-digest`, systemd 258), which is not
+/// implemented; with signed PCRs upstream writes no `.pcrs` file, and neither
+/// does this.
 pub fn check_supported(c: &Config) -> Result<()> {
     if !want_signed_pcrs(c) {
+        if c.strings("SplitArtifacts").iter().any(|a| a == "pcrs") {
+            return Err(BuildError::hint(
+                "SplitArtifacts=pcrs without signed PCRs (TPM2 policy digests) is not implemented yet",
+                "Remove pcrs from SplitArtifacts=",
+            ));
+        }
         return Ok(());
     }
     if non_empty(c, "SignExpectedPcrKey").is_none() {
@@ -252,7 +261,14 @@ mod tests {
         assert!(err.to_string().contains("SignExpectedPcr=no"), "{err}");
         // Without PCR signing, unsigned profiles are fine.
         let off = ("SignExpectedPcr", json!("disabled"));
-        assert!(check_supported(&config(&[key, crt, off, profiles(false)])).is_ok());
+        assert!(check_supported(&config(&[key.clone(), crt.clone(), off.clone(), profiles(false)])).is_ok());
+
+        // SplitArtifacts=pcrs: nothing to do with signed PCRs, not implemented without.
+        let split = ("SplitArtifacts", json!(["uki", "pcrs"]));
+        assert!(check_supported(&config(&[key, crt, split.clone()])).is_ok());
+        let err = check_supported(&config(&[off, split])).expect_err("policy digests");
+        assert!(err.to_string().contains("SplitArtifacts=pcrs"), "{err}");
+        assert!(check_supported(&config(&[("SplitArtifacts", json!(["uki"]))])).is_ok());
     }
 
     fn have_openssl() -> Option<PathBuf> {
