@@ -182,3 +182,37 @@ fn signed_uki_output() {
     assert!(is_zstd(&dir.join("image.initrd")));
     assert_eq!(std::fs::read(dir.join("image.initrd")).unwrap(), section(&efi, ".initrd", dir));
 }
+
+#[test]
+fn bootable_esp_with_uki_bootloader() {
+    if !enabled("bootable_esp_with_uki_bootloader") || !is_root() {
+        return;
+    }
+    let _serial = serial();
+    let scratch = Scratch::new("esp");
+    let dir = scratch.path();
+    config_dir(
+        dir,
+        "[Distribution]\nDistribution=debian\nRelease=trixie\n\n\
+         [Output]\nFormat=esp\nOutput=image\n\n\
+         [Content]\nPackages=linux-image-cloud-amd64,systemd-boot-efi,systemd,udev\n\
+         Bootable=yes\nBootloader=uki\nKernelCommandLine=console=ttyS0\n",
+    );
+    build(dir, &["-f"]);
+    let image = dir.join("image.raw");
+    // One ESP partition starting at 1 MiB, holding the UKI as the default boot loader.
+    let sfdisk = tool(&["sfdisk", "--json", &image.display().to_string()]);
+    let table: serde_json::Value = serde_json::from_str(&sfdisk).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{sfdisk}");
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "{sfdisk}");
+    assert_eq!(parts[0]["start"], 2048, "{sfdisk}");
+    let esp = format!("{}@@1M", image.display());
+    let boot = dir.join("BOOTX64.EFI");
+    tool(&["mcopy", "-n", "-i", &esp, "::/EFI/BOOT/BOOTX64.EFI", &boot.display().to_string()]);
+    let secs = sections(&boot);
+    for want in [".osrel", ".cmdline", ".linux", ".initrd"] {
+        assert!(secs.iter().any(|(n, _, _)| n == want), "{want} missing from {secs:?}");
+    }
+    assert_eq!(section(&boot, ".cmdline", dir), b"console=ttyS0\0");
+}
