@@ -207,7 +207,7 @@ fn default_definitions(ctx: &Context) -> Result<PathBuf> {
         efi_arch(c.architecture()).map(|a| ctx.root().join(format!("efi/EFI/BOOT/BOOT{}.EFI", a.to_uppercase())));
     let esp = c.bootable() == Feature::Enabled
         || (c.bootable() == Feature::Auto && bootloader.as_ref().is_some_and(|b| b.exists()));
-    let bios = want_grub_bios(ctx);
+    let bios = crate::boot::grub::want_grub_bios(ctx, &[])?;
     if esp || bios {
         let size = if bios { "1G" } else { "512M" };
         let p = dir.join("00-esp.conf");
@@ -228,15 +228,6 @@ fn default_definitions(ctx: &Context) -> Result<PathBuf> {
     );
     std::fs::write(&p, text).map_err(io("writing", &p))?;
     Ok(dir)
-}
-
-/// Whether grub for BIOS would be installed (`BiosBootloader=grub`); we cannot do that yet.
-fn want_grub_bios(ctx: &Context) -> bool {
-    let c = ctx.config;
-    c.bootable() != Feature::Disabled
-        && c.output_format() == OutputFormat::Disk
-        && c.str("BiosBootloader") == Some("grub")
-        && !c.bool("Overlay")
 }
 
 /// `SplitArtifacts=repart-definitions`: the definitions the image was made from, as

@@ -436,6 +436,7 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     step(ctx, "Installing the verity certificate", crate::sysconfig::configure_verity_certificate)?;
     step(ctx, "Creating mount points", crate::sysconfig::configure_mountpoints)?;
     step(ctx, "Installing systemd-boot", crate::boot::systemd_boot::install)?;
+    step(ctx, "Installing grub", crate::boot::grub::install)?;
     step(ctx, "Generating locales", crate::sysconfig::run_locale_gen)?;
     step(ctx, "Generating system users", crate::sysconfig::run_sysusers)?;
     step(ctx, "Generating volatile files", crate::sysconfig::run_tmpfiles)?;
@@ -474,10 +475,11 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     })?;
     step(ctx, "Formatting ESP/XBOOTLDR partitions", |ctx| {
         if partitions.iter().any(|p| p.deferred) {
-            crate::disk::make_disk(ctx, crate::disk::Pass::Boot)?;
+            partitions = crate::disk::make_disk(ctx, crate::disk::Pass::Boot)?;
         }
         Ok(())
     })?;
+    step(ctx, "grub BIOS setup", |ctx| crate::boot::grub::bios_setup(ctx, &partitions))?;
     if ctx.config.strings("SplitArtifacts").iter().any(|a| a == "partitions") {
         step(ctx, "Extracting partitions", |ctx| crate::disk::make_disk(ctx, crate::disk::Pass::Split).map(|_| ()))?;
     }

@@ -387,9 +387,9 @@ fn install_uki(
                     kernel.version
                 )))
             }
-            None => {}
+            None => return Ok(()),
         }
-        return Ok(());
+        return super::grub::append_uki_entry(ctx, &target);
     }
     let Some(stub) = stub_path(c, &root) else {
         return Err(BuildError::msg(format!("Architecture {} does not support UEFI", c.architecture())));
@@ -411,7 +411,7 @@ fn install_uki(
         target.display(),
         mkosi_config::summary::format_bytes(std::fs::metadata(&target).map(|m| m.len() as i64).unwrap_or(0))
     ));
-    Ok(())
+    super::grub::append_uki_entry(ctx, &target)
 }
 
 /// The text of a Type #1 boot loader entry.
@@ -424,8 +424,15 @@ pub fn type1_entry(token: &str, kver: &str, linux: &str, cmdline: &[String], ini
 }
 
 /// A Type #1 entry `boot/loader/entries/<token>-<kver>.conf` with the kernel and its initrds
-/// under `boot/<token>/` (upstream's `install_type1`).
-fn install_type1(ctx: &Context, kernel: &Kernel, token: &str, cmdline: &[String]) -> Result<()> {
+/// under `boot/<token>/` (upstream's `install_type1`), and its grub menu entry when grub
+/// boots it.
+fn install_type1(
+    ctx: &Context,
+    kernel: &Kernel,
+    token: &str,
+    cmdline: &[String],
+    partitions: &[PartitionResult],
+) -> Result<()> {
     let c = ctx.config;
     let root = ctx.root();
     let boot = root.join("boot");
@@ -468,7 +475,9 @@ fn install_type1(ctx: &Context, kernel: &Kernel, token: &str, cmdline: &[String]
     );
     let entry = boot.join(format!("loader/entries/{token}-{}.conf", kernel.version));
     std::fs::write(&entry, text).map_err(io("writing", &entry))?;
-    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod", &entry))
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod", &entry))?;
+    let title = format!("{token}-{}", kernel.version);
+    super::grub::append_type1_entry(ctx, partitions, &title, &kimg, &installed, cmdline)
 }
 
 /// Installs every kernel of the image as a UKI or Type #1 entry (upstream's `install_kernel`);
@@ -506,11 +515,14 @@ pub fn install_kernel(ctx: &Context, partitions: &[PartitionResult]) -> Result<(
     let roothash = crate::disk::finalize_roothash(partitions)?;
     let cmdline = finalize_cmdline(&root, &c.strings("KernelCommandLine"), partitions, roothash.as_deref());
     let profiles = if uki { build_uki_profiles(ctx, &cmdline)? } else { Vec::new() };
+    // grub for BIOS cannot boot UKIs: it gets Type #1 entries too.
+    let grub_bios = super::grub::want_grub_bios(ctx, partitions)?;
     for kernel in &kernels {
         if uki {
             install_uki(ctx, kernel, &token, roothash.as_deref(), &cmdline, &profiles)?;
-        } else {
-            install_type1(ctx, kernel, &token, &cmdline)?;
+        }
+        if !uki || grub_bios {
+            install_type1(ctx, kernel, &token, &cmdline, partitions)?;
         }
         if bootloader_is_uki(c) {
             break;

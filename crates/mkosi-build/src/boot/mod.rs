@@ -7,6 +7,7 @@
 use mkosi_config::enums::{Feature, OutputFormat};
 use mkosi_config::Config;
 
+pub mod grub;
 pub mod kernel;
 pub mod pcrs;
 pub mod systemd_boot;
@@ -77,21 +78,8 @@ pub fn want_uki(c: &Config, root: &std::path::Path) -> bool {
 
 /// Fails early, before anything is built, for boot settings this version cannot do.
 pub fn check_supported(c: &Config) -> Result<()> {
-    let hint = "Use Bootloader=systemd-boot or Bootloader=uki, or set Bootable=no";
-    if want_efi(c) && c.output_format() != OutputFormat::Esp {
-        if bootloader(c).starts_with("grub") {
-            return Err(BuildError::hint(format!("Bootloader={} is not implemented yet", bootloader(c)), hint));
-        }
-        if c.str("ShimBootloader").is_some_and(|b| b != "none") {
-            return Err(BuildError::hint("ShimBootloader= is not implemented yet", "Set ShimBootloader=none"));
-        }
-    }
-    if c.output_format() == OutputFormat::Disk
-        && c.bootable() != Feature::Disabled
-        && c.str("BiosBootloader") == Some("grub")
-        && !c.bool("Overlay")
-    {
-        return Err(BuildError::hint("BiosBootloader=grub is not implemented yet", "Set BiosBootloader=none"));
+    if want_efi(c) && c.output_format() != OutputFormat::Esp && c.str("ShimBootloader").is_some_and(|b| b != "none") {
+        return Err(BuildError::hint("ShimBootloader= is not implemented yet", "Set ShimBootloader=none"));
     }
     if c.output_format() == OutputFormat::Addon {
         return Err(BuildError::msg("Format=addon is not implemented yet"));
