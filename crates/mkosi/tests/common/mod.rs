@@ -3,6 +3,8 @@
 //! scratch directories and running `mkosi`.
 #![allow(dead_code)]
 
+pub mod initrd;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
