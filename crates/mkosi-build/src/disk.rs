@@ -416,22 +416,7 @@ mod tests {
     use super::*;
 
     fn part(t: &str, h: Option<&str>) -> PartitionResult {
-        PartitionResult {
-            type_name: t.into(),
-            type_uuid: uuid::Uuid::nil(),
-            label: String::new(),
-            uuid: uuid::Uuid::nil(),
-            partno: 0,
-            file: String::new(),
-            offset: 0,
-            size: 0,
-            padding: 0,
-            activity: "create",
-            roothash: h.map(String::from),
-            split_path: None,
-            deferred: false,
-            elapsed: std::time::Duration::ZERO,
-        }
+        PartitionResult { type_name: t.into(), activity: "create", roothash: h.map(String::from), ..Default::default() }
     }
 
     #[test]

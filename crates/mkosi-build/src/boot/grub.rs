@@ -678,18 +678,10 @@ mod tests {
         PartitionResult {
             type_name: t.into(),
             type_uuid,
-            label: String::new(),
             uuid: uuid::Uuid::parse_str(uuid).unwrap(),
-            partno: 0,
-            file: String::new(),
-            offset: 0,
-            size: 0,
-            padding: 0,
             activity: "create",
             roothash: roothash.map(String::from),
-            split_path: None,
-            deferred: false,
-            elapsed: std::time::Duration::ZERO,
+            ..Default::default()
         }
     }
 

@@ -748,19 +748,9 @@ mod tests {
     fn part(t: &str, uuid: &str) -> PartitionResult {
         PartitionResult {
             type_name: t.into(),
-            type_uuid: uuid::Uuid::nil(),
-            label: String::new(),
             uuid: uuid::Uuid::parse_str(uuid).unwrap(),
-            partno: 0,
-            file: String::new(),
-            offset: 0,
-            size: 0,
-            padding: 0,
             activity: "create",
-            roothash: None,
-            split_path: None,
-            deferred: false,
-            elapsed: std::time::Duration::ZERO,
+            ..Default::default()
         }
     }
 

@@ -58,7 +58,7 @@ pub struct RepartRequest {
 }
 
 /// One partition of the result, with the fields mkosi uses from repart's JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionResult {
     /// The type's name (`root-x86-64`, `esp`, …) or UUID.
     pub type_name: String,
