@@ -23,29 +23,14 @@
 //! vfat is never mounted (not every kernel has it): the ESP is read with mtools.
 //! The expectations are for x86-64 hosts (partition types, `ARCHITECTURE=`).
 
+mod common;
+
+use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
-use std::time::Instant;
-
-/// The Debian archive without the debian-debug suite (as in
-/// examples/debian-directory/mkosi.sandbox).
-const SOURCES: &str = "\
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie trixie-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: http://deb.debian.org/debian-security
-Suites: trixie-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-";
 
 const DISTRIBUTION: &str = "[Distribution]\nDistribution=debian\nRelease=trixie\n\n";
 const PACKAGES: &str = "Packages=systemd,udev,dbus\n";
@@ -63,131 +48,10 @@ const USR: &str = "8484680C-9521-48C6-9C11-B0720656F69E";
 const USR_VERITY: &str = "77FF5F63-E7B6-4633-ACF4-1565B864C0E6";
 const USR_VERITY_SIG: &str = "E7BB33FB-06CF-4E81-8273-E543B413E2E2";
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn enabled(test: &str) -> bool {
-    if std::env::var("MKOSI_E2E").as_deref() != Ok("1") {
-        eprintln!("skipping {test}: set MKOSI_E2E=1 to run the end-to-end builds (they need network and root)");
-        return false;
-    }
-    if std::env::consts::ARCH != "x86_64" {
-        eprintln!("skipping {test}: the expected partition types and architecture are those of x86-64");
-        return false;
-    }
-    true
-}
-
-/// Held while a test builds: the package cache is shared with the other
-/// end-to-end tests, so builds run one at a time, within this process (a
-/// mutex) and across processes (the same `flock` as `e2e.rs`).
-struct Serial {
-    _guard: std::sync::MutexGuard<'static, ()>,
-    _lock: std::fs::File,
-}
-
-fn serial() -> Serial {
-    use std::os::fd::AsRawFd;
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = package_cache();
-    let path = cache.parent().unwrap_or(&cache).join(".mkosi-e2e.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    // SAFETY: flock on a file descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        eprintln!("waiting for another end-to-end test run ({} is locked)", path.display());
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock {}", path.display());
-    }
-    Serial { _guard: guard, _lock: lock }
-}
-
-fn package_cache() -> PathBuf {
-    let p = std::env::var_os("MKOSI_E2E_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/mkosi-ci/debian~trixie~x86-64"));
-    std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating the package cache {}: {e}", p.display()));
-    p
-}
-
-/// A scratch directory per test, removed at the end unless `MKOSI_E2E_KEEP=1`.
-struct Scratch {
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let base = std::env::var_os("MKOSI_E2E_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::Builder::new().prefix(&format!("mkosi-e2e-{name}-")).tempdir_in(&base).unwrap();
-        let path = dir.path().to_path_buf();
-        if std::env::var("MKOSI_E2E_KEEP").as_deref() == Ok("1") {
-            eprintln!("keeping scratch directory {}", path.display());
-            let _ = dir.keep();
-            return Scratch { dir: None, path };
-        }
-        Scratch { dir: Some(dir), path }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            make_writable(dir.path());
-            let _ = dir.close();
-        }
-    }
-}
-
-fn make_writable(p: &Path) {
-    let Ok(md) = std::fs::symlink_metadata(p) else { return };
-    if md.is_dir() {
-        if md.mode() & 0o700 != 0o700 {
-            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(md.mode() | 0o700));
-        }
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
-}
-
-fn write(dir: &Path, rel: &str, content: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, content).unwrap();
-}
-
 /// `mkosi.conf` and the sandbox tree with the archive's sources.
 fn config_tree(dir: &Path, conf: &str) {
     write(dir, "mkosi.conf", &format!("{DISTRIBUTION}{conf}"));
     write(dir, "mkosi.sandbox/etc/apt/sources.list.d/mkosi.sources", SOURCES);
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Run a command, reporting how long it took.
-fn run(mut cmd: Command, what: &str) -> Output {
-    let start = Instant::now();
-    let o = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("running {what}: {e}"));
-    eprintln!("{what}: {} in {:.1}s", o.status, start.elapsed().as_secs_f64());
-    o
 }
 
 /// Run a host tool that must succeed; its standard output.
@@ -212,20 +76,6 @@ fn try_tool(program: &str, args: &[&str]) -> Output {
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-/// `mkosi ARGS…` in `dir` with the test package cache and a workspace in `dir/workspace`.
-fn mkosi(dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mkosi"));
-    cmd.current_dir(dir)
-        .arg(format!("--package-cache-dir={}", package_cache().display()))
-        .arg(format!("--workspace-directory={}", dir.join("workspace").display()))
-        .args(args);
-    run(cmd, &format!("mkosi {}", args.join(" ")))
-}
-
-fn assert_success(o: &Output) {
-    assert!(o.status.success(), "mkosi failed ({}):\n{}", o.status, tail(&text(o), 80));
 }
 
 /// A build that must succeed.
