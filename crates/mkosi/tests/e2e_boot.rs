@@ -21,7 +21,9 @@
 //!   resets the machine, which then boots with secure boot enforcing, so
 //!   systemd-boot, the UKI and the kernel in it must all verify against our
 //!   certificate. The log must show the enrollment, the kernel's "Secure boot
-//!   enabled" and the marker, in that order.
+//!   enabled" and the marker, in that order. Then the same image with the
+//!   firmware whose variable store trusts Microsoft's keys only must be
+//!   refused ("Access Denied").
 //! - `direct_kernel_boot_with_mkosi_initrd`: the tree of `direct_kernel_boot`,
 //!   with an initrd the `mkosi-initrd` tool builds for its kernel (generic,
 //!   run against a fake host tree as in `e2e_initrd.rs`) instead of Debian's.
@@ -353,7 +355,7 @@ fn secure_boot_enforcing_with_enrolled_keys() {
     cmd.firmware = Some((fw, vars));
     cmd.disk = Some(img);
     cmd.credentials = vec![("firstboot.locale".into(), "C.UTF-8".into()), ("firstboot.timezone".into(), "UTC".into())];
-    let log = boot(cmd, dir, "secure boot with enrolled keys");
+    let log = boot(cmd.clone(), dir, "secure boot with enrolled keys");
 
     let enrolled = position(&log, &["successfully enrolled"], "key enrollment");
     let enforcing = position(&log, &["Secure boot enabled"], "secure boot enforcing");
@@ -364,4 +366,23 @@ fn secure_boot_enforcing_with_enrolled_keys() {
         tail(&log, 80)
     );
     assert!(!log.contains("Secure boot disabled"), "{}", tail(&log, 80));
+
+    // The other way round: a firmware that trusts Microsoft's keys only
+    // refuses our boot loader.
+    let query = FirmwareQuery { enrolled_keys: true, ..FirmwareQuery::host(true) };
+    let fw = qemu::find_firmware(&query).unwrap_or_else(|e| panic!("{e}"));
+    let other = dir.join("ms-keys");
+    std::fs::create_dir_all(&other).unwrap();
+    let vars = qemu::copy_vars_template(&fw, &other).unwrap_or_else(|e| panic!("{e}"));
+    cmd.firmware = Some((fw, vars));
+    cmd.serial = Serial::File(other.join("serial.log"));
+    let run = qemu::run_until_marker(&cmd, "Access Denied", Duration::from_secs(180), Duration::ZERO)
+        .unwrap_or_else(|e| panic!("running qemu: {e}"));
+    assert!(
+        run.found && !run.serial_log.contains("Enrolling") && !run.serial_log.contains(MARKER),
+        "the firmware with Microsoft's keys does not deny our boot loader (after {:.0?}):\n{}",
+        run.elapsed,
+        tail(&run.serial_log, 40)
+    );
+    eprintln!("firmware with Microsoft's keys denied the boot loader after {:.1}s", run.elapsed.as_secs_f64());
 }
