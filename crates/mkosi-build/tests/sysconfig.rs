@@ -436,10 +436,7 @@ const DEBIAN_CHECKS: &[Check] = &[
         eq("vmlinuz", read(r, &format!("{k}/vmlinuz"))?, "not really a kernel\n".into())
     }),
     ("hwdb", |r| {
-        if mkosi_sandbox::run::find_binary("systemd-hwdb", Path::new("/")).is_none() {
-            println!("  (no systemd-hwdb on this host: only checking that nothing was generated)");
-            return ensure(!r.join("usr/lib/udev/hwdb.bin").exists(), || "unexpected hwdb.bin".into());
-        }
+        // Generated with the host's systemd-hwdb, or the image's (udev) when the host has none.
         ensure(r.join("usr/lib/udev/hwdb.bin").is_file(), || "no usr/lib/udev/hwdb.bin".into())?;
         ensure(!r.join("etc/udev/hwdb.bin").exists(), || "etc/udev/hwdb.bin was kept".into())
     }),
