@@ -150,7 +150,7 @@ fn to_slash_string(p: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// Every path below `root/rel` (relative to `root`), symlinked directories not followed.
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let dir = root.join(rel);
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,

@@ -319,9 +319,10 @@ pub fn kernel_type_of(path: &Path) -> Result<KernelType> {
     Ok(kernel_type(&data))
 }
 
-#[cfg(test)]
-pub(crate) mod testpe {
-    //! Minimal synthetic PE32+ images for tests.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testpe {
+    //! Minimal synthetic PE32+ images for tests (of this crate, and of others through the
+    //! `test-util` feature).
 
     /// A PE32+ EFI application with the given sections (name, content) and
     /// header room for `spare_headers` more section headers.

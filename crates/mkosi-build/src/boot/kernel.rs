@@ -224,12 +224,92 @@ struct UkiParts {
     profiles: Vec<PathBuf>,
 }
 
-fn unsupported_uki_settings(ctx: &Context) -> Result<()> {
-    let c = ctx.config;
-    if !c.list("Devicetrees").is_empty() {
-        return Err(BuildError::hint("Devicetrees= is not implemented yet", "Remove Devicetrees= for now"));
+/// A device tree blob of a kernel selected by `Devicetrees=`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Devicetree {
+    /// The file, relative to the image root.
+    pub path: PathBuf,
+    /// The file relative to the directory it was found in: what the globs are matched
+    /// against, and where a Type #1 entry puts it below the kernel's directory.
+    pub name: PathBuf,
+}
+
+/// The directories (relative to the image root) holding the device trees of kernel `kver`:
+/// the firmware's `device-tree/` directory, Debian's `linux-image-<kver>/` and the modules'
+/// `dtb/` directory.
+pub fn devicetree_dirs(kver: &str) -> [PathBuf; 3] {
+    [
+        Path::new("usr/lib/firmware").join(kver).join("device-tree"),
+        PathBuf::from(format!("usr/lib/linux-image-{kver}")),
+        Path::new("usr/lib/modules").join(kver).join("dtb"),
+    ]
+}
+
+/// The `*.dtb` files (regular files or symlinks, at any depth, symlinked directories not
+/// entered) of kernel `kver` whose path below its [`devicetree_dirs`] directory is matched by
+/// the `Devicetrees=` globs (the `KernelModules=` glob rules), sorted by path. Nothing
+/// matching is only worth a warning here: the callers decide whether that is an error.
+pub fn filter_devicetrees(root: &Path, kver: &str, globs: &[String]) -> Result<Vec<Devicetree>> {
+    use std::os::unix::ffi::OsStrExt;
+
+    if globs.is_empty() {
+        return Ok(Vec::new());
     }
-    super::pcrs::check_supported(c)
+    let mut found = Vec::new();
+    for dir in devicetree_dirs(kver) {
+        if !root.join(&dir).is_dir() {
+            continue;
+        }
+        let mut all = Vec::new();
+        crate::kmod::walk(root, &dir, &mut all)?;
+        for path in all {
+            if !path.file_name().is_some_and(|n| n.as_bytes().ends_with(b".dtb")) {
+                continue;
+            }
+            let full = root.join(&path);
+            let kind = std::fs::symlink_metadata(&full).map_err(io("reading", &full))?.file_type();
+            if !(kind.is_file() || kind.is_symlink()) {
+                continue;
+            }
+            let Ok(name) = path.strip_prefix(&dir).map(Path::to_path_buf) else { continue };
+            if crate::kmod::globs_match_filename(&name.to_string_lossy(), globs, false) {
+                found.push(Devicetree { path, name });
+            }
+        }
+    }
+    if found.is_empty() {
+        log::warn(&format!("No device tree of kernel {kver} is matched by Devicetrees={}", globs.join(" ")));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The `.dtb` and `.dtbauto` inputs of a UKI: a single device tree becomes its `.dtb`,
+/// several become one `.dtbauto` each (the stub picks the one matching the machine).
+pub fn uki_devicetrees(root: &Path, dtbs: &[Devicetree]) -> (Option<PathBuf>, Vec<PathBuf>) {
+    match dtbs {
+        [one] => (Some(root.join(&one.path)), Vec::new()),
+        many => (None, many.iter().map(|d| root.join(&d.path)).collect()),
+    }
+}
+
+/// The one device tree a Type #1 entry of kernel `kver` gets, when `Devicetrees=` is set:
+/// a boot loader entry has room for a single `devicetree` line.
+pub fn type1_devicetree(root: &Path, kver: &str, globs: &[String]) -> Result<Option<Devicetree>> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut dtbs = filter_devicetrees(root, kver, globs)?;
+    if dtbs.len() != 1 {
+        return Err(BuildError::hint(
+            format!(
+                "Devicetrees= matches {} device trees of kernel {kver}, but a Type #1 boot loader entry takes exactly one",
+                dtbs.len()
+            ),
+            "Narrow Devicetrees= down to a single device tree, or build unified kernel images, which can hold several",
+        ));
+    }
+    Ok(dtbs.pop())
 }
 
 /// Builds one UKI at `output` from the image's stub and `kernel` (upstream's `build_uki`).
@@ -257,6 +337,8 @@ fn build_uki(ctx: &Context, stub: &Path, kernel: &Kernel, parts: &UkiParts, outp
         }
     }
     let splash = c.str("Splash").map(|s| root.join(s.trim_start_matches('/')));
+    let dtbs = filter_devicetrees(&root, &kernel.version, &c.strings("Devicetrees"))?;
+    let (devicetree, devicetree_auto) = uki_devicetrees(&root, &dtbs);
     let scratch = ctx.scratch("uki")?;
     let linux = if c.bool("SecureBoot") {
         // ukify --sign-kernel: the kernel inside the UKI carries a signature too.
@@ -278,6 +360,8 @@ fn build_uki(ctx: &Context, stub: &Path, kernel: &Kernel, parts: &UkiParts, outp
         ),
         uname: Some(kernel.version.clone()),
         splash,
+        devicetree,
+        devicetree_auto,
         join_profiles: parts.profiles.clone(),
         ..Default::default()
     };
@@ -415,10 +499,20 @@ fn install_uki(
 }
 
 /// The text of a Type #1 boot loader entry.
-pub fn type1_entry(token: &str, kver: &str, linux: &str, cmdline: &[String], initrds: &[String]) -> String {
+pub fn type1_entry(
+    token: &str,
+    kver: &str,
+    linux: &str,
+    cmdline: &[String],
+    initrds: &[String],
+    devicetree: Option<&str>,
+) -> String {
     let mut s = format!("title {token} {kver}\nversion {kver}\nlinux {linux}\noptions {}\n", cmdline.join(" "));
     for i in initrds {
         s.push_str(&format!("initrd {i}\n"));
+    }
+    if let Some(d) = devicetree {
+        s.push_str(&format!("devicetree {d}\n"));
     }
     s
 }
@@ -439,6 +533,7 @@ fn install_type1(
     let dst = boot.join(token).join(&kernel.version);
     mkdir_0700(&dst)?;
     mkdir_0700(&boot.join("loader/entries"))?;
+    let dtb = type1_devicetree(&root, &kernel.version, &c.strings("Devicetrees"))?;
     let microcode = finalize_microcode(ctx)?;
     let initrds = finalize_initrds(ctx);
     let kmods = kernel_modules_initrd(ctx, &kernel.version)?;
@@ -464,6 +559,15 @@ fn install_type1(
     let target = dst.join("kernel-modules.initrd");
     copy_file_mode(&kmods, &target, 0o600)?;
     installed.push(target);
+    // The device tree keeps its path below the directory it was found in.
+    let dtb_target = match &dtb {
+        Some(d) => {
+            let target = dst.join(&d.name);
+            copy_file_mode(&root.join(&d.path), &target, 0o600)?;
+            Some(target)
+        }
+        None => None,
+    };
 
     let rel = |p: &Path| format!("/{}", p.strip_prefix(&boot).unwrap_or(p).display());
     let text = type1_entry(
@@ -472,6 +576,7 @@ fn install_type1(
         &rel(&kimg),
         cmdline,
         &installed.iter().map(|p| rel(p)).collect::<Vec<_>>(),
+        dtb_target.as_deref().map(rel).as_deref(),
     );
     let entry = boot.join(format!("loader/entries/{token}-{}.conf", kernel.version));
     std::fs::write(&entry, text).map_err(io("writing", &entry))?;
@@ -509,7 +614,7 @@ pub fn install_kernel(ctx: &Context, partitions: &[PartitionResult]) -> Result<(
         return Ok(());
     }
     if uki {
-        unsupported_uki_settings(ctx)?;
+        super::pcrs::check_supported(c)?;
     }
     let token = entry_token(ctx);
     let roothash = crate::disk::finalize_roothash(partitions)?;
@@ -827,12 +932,300 @@ mod tests {
             "/debian/6.12/vmlinuz",
             &["root=PARTUUID=x".into(), "rw".into()],
             &["/debian/initrd".into(), "/debian/6.12/kernel-modules.initrd".into()],
+            None,
         );
         assert_eq!(
             text,
             "title debian 6.12\nversion 6.12\nlinux /debian/6.12/vmlinuz\noptions root=PARTUUID=x rw\n\
              initrd /debian/initrd\ninitrd /debian/6.12/kernel-modules.initrd\n"
         );
+        // The devicetree line comes last.
+        let text = type1_entry(
+            "debian",
+            "6.12",
+            "/debian/6.12/vmlinuz",
+            &["rw".into()],
+            &["/debian/6.12/kernel-modules.initrd".into()],
+            Some("/debian/6.12/rockchip/rk3588-rock-5b.dtb"),
+        );
+        assert_eq!(
+            text,
+            "title debian 6.12\nversion 6.12\nlinux /debian/6.12/vmlinuz\noptions rw\n\
+             initrd /debian/6.12/kernel-modules.initrd\ndevicetree /debian/6.12/rockchip/rk3588-rock-5b.dtb\n"
+        );
+    }
+
+    const DT_KVER: &str = "6.12.9-arm64";
+
+    fn put(root: &Path, rel: &str, content: &[u8]) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn link(root: &Path, rel: &str, target: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, p).unwrap();
+    }
+
+    /// Device trees in all three search directories of `DT_KVER`, plus things that are not
+    /// candidates: other file types, a directory named `*.dtb`, a symlinked directory, and
+    /// another kernel's device trees.
+    fn devicetree_tree(root: &Path) {
+        let m = format!("usr/lib/modules/{DT_KVER}/dtb");
+        put(root, &format!("{m}/vendor/board.dtb"), b"board");
+        put(root, &format!("{m}/vendor/board2.dtb"), b"board2");
+        put(root, &format!("{m}/vendor/rev/b.dtb"), b"rev-b");
+        put(root, &format!("{m}/vendor/README"), b"text");
+        put(root, &format!("{m}/vendor/board.dtbo"), b"overlay");
+        put(root, &format!("{m}/other/x.dtb"), b"x");
+        std::fs::create_dir_all(root.join(format!("{m}/other/sub.dtb"))).unwrap();
+        link(root, &format!("{m}/other/link.dtb"), "../vendor/board.dtb");
+        link(root, &format!("{m}/linked"), "vendor");
+        put(root, &format!("usr/lib/linux-image-{DT_KVER}/rockchip/rk3588-rock-5b.dtb"), b"rock");
+        put(root, &format!("usr/lib/firmware/{DT_KVER}/device-tree/qcom/sc8280xp-x13s.dtb"), b"x13s");
+        put(root, "usr/lib/modules/6.1.0-old/dtb/vendor/board.dtb", b"old");
+        put(root, "usr/lib/firmware/qcom/not-a-devicetree-dir.dtb", b"fw");
+    }
+
+    fn dt_paths(root: &Path, globs: &[&str]) -> Vec<String> {
+        let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
+        filter_devicetrees(root, DT_KVER, &globs).unwrap().iter().map(|d| d.path.display().to_string()).collect()
+    }
+
+    #[test]
+    fn devicetree_search_dirs() {
+        let dirs = devicetree_dirs("6.1");
+        let dirs: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(dirs, ["usr/lib/firmware/6.1/device-tree", "usr/lib/linux-image-6.1", "usr/lib/modules/6.1/dtb"]);
+    }
+
+    #[test]
+    fn devicetree_globs() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        devicetree_tree(root);
+        let m = |rel: &str| format!("usr/lib/modules/{DT_KVER}/dtb/{rel}");
+        let rock = format!("usr/lib/linux-image-{DT_KVER}/rockchip/rk3588-rock-5b.dtb");
+        let x13s = format!("usr/lib/firmware/{DT_KVER}/device-tree/qcom/sc8280xp-x13s.dtb");
+        // (globs, expected matches, sorted by their path in the image)
+        let cases: Vec<(&[&str], Vec<String>)> = vec![
+            (&[], vec![]),
+            // The basename.
+            (&["board.dtb"], vec![m("vendor/board.dtb")]),
+            // A trailing part of the path, at a component boundary.
+            (&["vendor/board.dtb"], vec![m("vendor/board.dtb")]),
+            (&["endor/board.dtb"], vec![]),
+            (&["rev/b.dtb"], vec![m("vendor/rev/b.dtb")]),
+            // Absolute: the whole path below the search directory.
+            (&["/vendor/board.dtb"], vec![m("vendor/board.dtb")]),
+            (&["/board.dtb"], vec![]),
+            (&["/rockchip/*"], vec![rock.clone()]),
+            // Wildcards; `*` crosses `/`.
+            (&["rk3588*"], vec![rock.clone()]),
+            (&["sc8280xp-*.dtb"], vec![x13s.clone()]),
+            (&["vendor/*"], vec![m("vendor/board.dtb"), m("vendor/board2.dtb"), m("vendor/rev/b.dtb")]),
+            // A trailing `/`: everything below.
+            (&["vendor/"], vec![m("vendor/board.dtb"), m("vendor/board2.dtb"), m("vendor/rev/b.dtb")]),
+            (&["qcom/"], vec![x13s.clone()]),
+            // Symlinked files count, symlinked directories are not entered.
+            (&["link.dtb"], vec![m("other/link.dtb")]),
+            (&["linked/"], vec![]),
+            // Only `*.dtb` files: no overlays, no other files, no directories.
+            (&["board.dtbo"], vec![]),
+            (&["README"], vec![]),
+            (&["sub.dtb"], vec![]),
+            (&["nothing.dtb"], vec![]),
+            // Everything of this kernel, and only of this kernel, in path order.
+            (
+                &["*"],
+                vec![
+                    x13s.clone(),
+                    rock.clone(),
+                    m("other/link.dtb"),
+                    m("other/x.dtb"),
+                    m("vendor/board.dtb"),
+                    m("vendor/board2.dtb"),
+                    m("vendor/rev/b.dtb"),
+                ],
+            ),
+            // Exclusions; the last matching pattern decides.
+            (&["*", "-vendor/", "-other/"], vec![x13s.clone(), rock.clone()]),
+            (&["vendor/", "-board*.dtb"], vec![m("vendor/rev/b.dtb")]),
+            (&["-board.dtb", "vendor/"], vec![m("vendor/board.dtb"), m("vendor/board2.dtb"), m("vendor/rev/b.dtb")]),
+            (&["-board.dtb"], vec![]),
+        ];
+        for (globs, want) in cases {
+            assert_eq!(dt_paths(root, globs), want, "{globs:?}");
+        }
+        // The name is the path below the search directory.
+        let one = filter_devicetrees(root, DT_KVER, &["rk3588-rock-5b.dtb".to_string()]).unwrap();
+        assert_eq!(one[0].name, Path::new("rockchip/rk3588-rock-5b.dtb"));
+    }
+
+    #[test]
+    fn devicetrees_of_a_kernel_without_any() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(dt_paths(t.path(), &["*"]).is_empty());
+        // A search path that is a file is no directory to search.
+        put(t.path(), &format!("usr/lib/linux-image-{DT_KVER}"), b"file");
+        assert!(dt_paths(t.path(), &["*"]).is_empty());
+    }
+
+    #[test]
+    fn uki_devicetree_sections() {
+        let root = Path::new("/r");
+        let dt = |p: &str| Devicetree { path: PathBuf::from(p), name: PathBuf::from("x.dtb") };
+        assert_eq!(uki_devicetrees(root, &[]), (None, vec![]));
+        assert_eq!(uki_devicetrees(root, &[dt("a/x.dtb")]), (Some(PathBuf::from("/r/a/x.dtb")), vec![]));
+        assert_eq!(
+            uki_devicetrees(root, &[dt("a/x.dtb"), dt("b/x.dtb")]),
+            (None, vec![PathBuf::from("/r/a/x.dtb"), PathBuf::from("/r/b/x.dtb")])
+        );
+    }
+
+    #[test]
+    fn type1_takes_exactly_one_devicetree() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        devicetree_tree(root);
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(type1_devicetree(root, DT_KVER, &[]).unwrap(), None);
+        let one = type1_devicetree(root, DT_KVER, &g(&["rev/b.dtb"])).unwrap().unwrap();
+        assert_eq!(one.path, Path::new(&format!("usr/lib/modules/{DT_KVER}/dtb/vendor/rev/b.dtb")));
+        assert_eq!(one.name, Path::new("vendor/rev/b.dtb"));
+        for (globs, n) in [(g(&["vendor/"]), 3), (g(&["nothing.dtb"]), 0)] {
+            let e = type1_devicetree(root, DT_KVER, &globs).unwrap_err();
+            assert!(e.to_string().contains(&format!("matches {n} device trees")), "{e}");
+            assert!(e.to_string().contains("exactly one"), "{e}");
+            assert!(e.hint_text().is_some_and(|h| h.contains("unified kernel images")), "{e:?}");
+        }
+    }
+
+    struct TestBuild {
+        _dir: tempfile::TempDir,
+        ws: PathBuf,
+        args: mkosi_config::Args,
+        host: mkosi_config::Host,
+        config: mkosi_config::Config,
+    }
+
+    impl TestBuild {
+        fn new(values: &[(&str, serde_json::Value)]) -> TestBuild {
+            let dir = tempfile::tempdir().unwrap();
+            TestBuild {
+                ws: dir.path().join("ws"),
+                _dir: dir,
+                args: mkosi_config::Args::new(mkosi_config::Verb::Build, None),
+                host: mkosi_config::Host::new(vec![], mkosi_config::enums::Architecture::Arm64, "/".into()),
+                config: mkosi_config::Config::from_values(values.iter().map(|(k, v)| (k.to_string(), v.clone()))),
+            }
+        }
+
+        fn ctx(&self) -> Context<'_> {
+            Context::new(
+                &self.args,
+                &self.config,
+                &self.host,
+                self.ws.clone(),
+                self.ws.join("metadata"),
+                self.ws.join("pkgcache"),
+                self.ws.join("packages"),
+                self.ws.clone(),
+            )
+            .unwrap()
+        }
+    }
+
+    fn dt_build(globs: &[&str]) -> TestBuild {
+        use serde_json::json;
+        TestBuild::new(&[
+            ("Architecture", json!("arm64")),
+            ("Devicetrees", json!(globs)),
+            ("Bootloader", json!("systemd-boot")),
+        ])
+    }
+
+    /// A UKI built for a kernel with device trees carries them as `.dtb` or `.dtbauto`.
+    #[test]
+    fn uki_gets_dtb_or_dtbauto_sections() {
+        // (globs, expected (section, content) pairs)
+        type Sections<'a> = Vec<(&'a str, &'a [u8])>;
+        let cases: Vec<(&[&str], Sections)> = vec![
+            (&[], vec![]),
+            (&["nothing.dtb"], vec![]),
+            (&["rk3588*"], vec![(".dtb", b"rock")]),
+            (&["board.dtb", "rk3588*"], vec![(".dtbauto", b"rock"), (".dtbauto", b"board")]),
+        ];
+        for (globs, want) in cases {
+            let b = dt_build(globs);
+            let ctx = b.ctx();
+            let root = ctx.root();
+            devicetree_tree(&root);
+            put(&root, &format!("usr/lib/modules/{DT_KVER}/vmlinuz"), b"kernel");
+            put(&root, "usr/lib/os-release", b"ID=debian\n");
+            let stub = b.ws.join("stub.efi");
+            std::fs::write(&stub, mkosi_formats::pe::testpe::build(&[(".text", b"\xc3")], 16)).unwrap();
+            let kernel = Kernel { version: DT_KVER.into(), image: format!("usr/lib/modules/{DT_KVER}/vmlinuz").into() };
+            let parts = UkiParts { microcode: vec![], initrds: vec![], cmdline: vec!["rw".into()], profiles: vec![] };
+            let out = b.ws.join("uki.efi");
+            build_uki(&ctx, &stub, &kernel, &parts, &out).unwrap();
+            let bytes = std::fs::read(&out).unwrap();
+            let pe = mkosi_formats::pe::PeFile::parse(&bytes).unwrap();
+            let got: Vec<(String, Vec<u8>)> = pe
+                .sections
+                .iter()
+                .filter(|s| s.name.starts_with(".dtb"))
+                .map(|s| (s.name.clone(), pe.section_data(&bytes, s).to_vec()))
+                .collect();
+            let want: Vec<(String, Vec<u8>)> = want.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
+            assert_eq!(got, want, "{globs:?}");
+            assert_eq!(section_data(&bytes, ".uname").as_deref(), Some(DT_KVER.as_bytes()));
+        }
+    }
+
+    /// A Type #1 entry gets its device tree next to the kernel and a `devicetree` line.
+    #[test]
+    fn type1_entry_with_devicetree() {
+        let b = dt_build(&["rk3588-rock-5b.dtb"]);
+        let ctx = b.ctx();
+        let root = ctx.root();
+        devicetree_tree(&root);
+        put(&root, &format!("usr/lib/modules/{DT_KVER}/vmlinuz"), b"kernel");
+        let kernel = Kernel { version: DT_KVER.into(), image: format!("usr/lib/modules/{DT_KVER}/vmlinuz").into() };
+        install_type1(&ctx, &kernel, "debian", &["rw".into()], &[]).unwrap();
+        let dst = root.join(format!("boot/debian/{DT_KVER}"));
+        let dtb = dst.join("rockchip/rk3588-rock-5b.dtb");
+        assert_eq!(std::fs::read(&dtb).unwrap(), b"rock");
+        assert_eq!(std::fs::metadata(&dtb).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dst.join("rockchip")).unwrap().permissions().mode() & 0o777, 0o700);
+        let entry = std::fs::read_to_string(root.join(format!("boot/loader/entries/debian-{DT_KVER}.conf"))).unwrap();
+        assert_eq!(
+            entry,
+            format!(
+                "title debian {DT_KVER}\nversion {DT_KVER}\nlinux /debian/{DT_KVER}/vmlinuz\noptions rw\n\
+                 initrd /debian/{DT_KVER}/kernel-modules.initrd\n\
+                 devicetree /debian/{DT_KVER}/rockchip/rk3588-rock-5b.dtb\n"
+            )
+        );
+    }
+
+    /// Several (or no) matching device trees: no Type #1 entry, and nothing copied.
+    #[test]
+    fn type1_entry_refuses_other_counts() {
+        for globs in [&["vendor/"][..], &["nothing.dtb"][..]] {
+            let b = dt_build(globs);
+            let ctx = b.ctx();
+            let root = ctx.root();
+            devicetree_tree(&root);
+            put(&root, &format!("usr/lib/modules/{DT_KVER}/vmlinuz"), b"kernel");
+            let kernel = Kernel { version: DT_KVER.into(), image: format!("usr/lib/modules/{DT_KVER}/vmlinuz").into() };
+            let e = install_type1(&ctx, &kernel, "debian", &[], &[]).unwrap_err();
+            assert!(e.to_string().contains("exactly one"), "{e}");
+            assert!(!root.join(format!("boot/debian/{DT_KVER}/vmlinuz")).exists());
+            assert!(!root.join(format!("boot/loader/entries/debian-{DT_KVER}.conf")).exists());
+        }
     }
 
     #[test]
