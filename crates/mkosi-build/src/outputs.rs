@@ -185,6 +185,7 @@ pub fn make_output(ctx: &Context) -> Result<()> {
         OutputFormat::Disk => crate::disk::resize_output(ctx)?,
         OutputFormat::Esp => crate::disk::make_esp(ctx)?,
         OutputFormat::Uki => crate::boot::kernel::make_uki_output(ctx)?,
+        OutputFormat::Addon => crate::boot::addon::make_output(ctx)?,
         f if f.is_extension_or_portable_image() => crate::disk::make_extension_or_portable_image(ctx)?,
         other => return Err(BuildError::msg(format!("Format={other} is not implemented yet"))),
     }

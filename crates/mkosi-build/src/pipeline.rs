@@ -29,7 +29,6 @@ pub fn check_supported(config: &mkosi_config::Config) -> Result<()> {
     if !format_supported(config.output_format()) {
         return Err(BuildError::msg(format!("Format={} is not implemented yet", config.output_format())));
     }
-    crate::boot::check_supported(config)?;
     let unsupported = unsupported_settings(config);
     if !unsupported.is_empty() {
         return Err(BuildError::hint(
@@ -55,6 +54,7 @@ pub fn format_supported(format: OutputFormat) -> bool {
             | OutputFormat::Sysext
             | OutputFormat::Confext
             | OutputFormat::Portable
+            | OutputFormat::Addon
     )
 }
 
@@ -437,13 +437,17 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
     step(ctx, "Creating mount points", crate::sysconfig::configure_mountpoints)?;
     step(ctx, "Installing systemd-boot", crate::boot::systemd_boot::install)?;
     step(ctx, "Installing grub", crate::boot::grub::install)?;
+    step(ctx, "Installing shim", crate::boot::shim::install)?;
     step(ctx, "Generating locales", crate::sysconfig::run_locale_gen)?;
     step(ctx, "Generating system users", crate::sysconfig::run_sysusers)?;
     step(ctx, "Generating volatile files", crate::sysconfig::run_tmpfiles)?;
     step(ctx, "Applying presets", crate::sysconfig::run_preset)?;
     step(ctx, "Running depmod", |ctx| crate::sysconfig::run_depmod(ctx, false))?;
     step(ctx, "Applying first boot settings", crate::sysconfig::run_firstboot)?;
-    step(ctx, "Saving the ESP components", crate::boot::kernel::save_esp_components)?;
+    step(ctx, "Saving the ESP components", |ctx| {
+        crate::boot::kernel::save_esp_components(ctx)?;
+        crate::boot::addon::save_stub(ctx)
+    })?;
     step(ctx, "Removing packages", remove_packages)?;
     step(ctx, "Recording packages in manifest", |ctx| crate::manifest::record(ctx, started))?;
     step(ctx, "Relabeling files", crate::sysconfig::run_selinux_relabel)?;

@@ -1,9 +1,11 @@
 //! End-to-end builds of bootable Debian trixie images (`MKOSI_E2E=1`, root): Type #1 boot
-//! loader entries with systemd-boot, checked with the host's `bootctl`, and a Secure Boot
-//! signed `Format=uki` image checked with `objdump`, `objcopy` and `sbverify`. Booting them in
-//! qemu is in `e2e_boot.rs`.
+//! loader entries with systemd-boot, checked with the host's `bootctl`, a Secure Boot
+//! signed `Format=uki` image checked with `objdump`, `objcopy` and `sbverify`, shim
+//! (`ShimBootloader=signed`) starting systemd-boot, and a `Format=addon` PE addon. Booting them
+//! in qemu is in `e2e_boot.rs`.
 //!
-//! Host tools: bootctl (systemd), binutils (objdump, objcopy), sbsigntool (sbverify).
+//! Host tools: bootctl (systemd), binutils (objdump, objcopy), sbsigntool (sbverify), zstd,
+//! cpio.
 
 mod common;
 
@@ -215,4 +217,105 @@ fn bootable_esp_with_uki_bootloader() {
         assert!(secs.iter().any(|(n, _, _)| n == want), "{want} missing from {secs:?}");
     }
     assert_eq!(section(&boot, ".cmdline", dir), b"console=ttyS0\0");
+}
+
+#[test]
+fn shim_starts_systemd_boot() {
+    if !enabled("shim_starts_systemd_boot") || !is_root() {
+        return;
+    }
+    let _serial = serial();
+    let scratch = Scratch::new("shim");
+    let dir = scratch.path();
+    config_dir(
+        dir,
+        &format!(
+            "[Distribution]\nDistribution=debian\nRelease=trixie\n\n\
+             [Output]\nFormat=directory\nOutput=image\n\n\
+             [Content]\nPackages={KERNEL_PACKAGES},shim-signed\nBootable=yes\nShimBootloader=signed\n\
+             KernelCommandLine=console=ttyS0\n"
+        ),
+    );
+    build(dir, &["-f"]);
+    let root = dir.join("image");
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+
+    // shim, signed by Microsoft, is what the firmware starts; MokManager is next to it, named
+    // without the .signed suffix.
+    assert_eq!(read("efi/EFI/BOOT/BOOTX64.EFI"), read("usr/lib/shim/shimx64.efi.signed"));
+    assert_eq!(read("efi/EFI/BOOT/mmx64.efi"), read("usr/lib/shim/mmx64.efi.signed"));
+    let signers = tool(&["sbverify", "--list", &root.join("efi/EFI/BOOT/BOOTX64.EFI").display().to_string()]);
+    assert!(signers.contains("Microsoft"), "shim is not signed by Microsoft:\n{signers}");
+    // shim starts systemd-boot from its second-stage path.
+    let sdboot = read("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+    assert_eq!(read("efi/EFI/BOOT/grubx64.EFI"), sdboot);
+    assert_eq!(read("efi/EFI/systemd/systemd-bootx64.efi"), sdboot);
+    // The kernel is installed as a UKI for systemd-boot to find.
+    let kver = only_kernel_version(&root);
+    assert!(root.join(format!("boot/EFI/Linux/debian-{kver}.efi")).exists());
+}
+
+#[test]
+fn addon_output() {
+    if !enabled("addon_output") || !is_root() {
+        return;
+    }
+    let _serial = serial();
+    let scratch = Scratch::new("addon");
+    let dir = scratch.path();
+    // The addon stub comes from a Debian tree (the host may not have systemd-boot-efi), copied
+    // in with ExtraTrees= and removed from the payload the way the builtin mkosi-addon
+    // configuration does it.
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    config_dir(
+        &base,
+        "[Distribution]\nDistribution=debian\nRelease=trixie\n\n\
+         [Output]\nFormat=directory\nOutput=image\n\n\
+         [Content]\nPackages=systemd-boot-efi\nBootable=no\n",
+    );
+    build(&base, &["-f"]);
+    let efi = base.join("image/usr/lib/systemd/boot/efi");
+    assert!(efi.join("addonx64.efi.stub").exists());
+
+    let addon = dir.join("addon");
+    std::fs::create_dir_all(&addon).unwrap();
+    config_dir(
+        &addon,
+        &format!(
+            "[Distribution]\nDistribution=custom\n\n\
+             [Output]\nFormat=addon\nOutput=extra\nManifestFormat=\n\n\
+             [Content]\nBootable=no\nKernelCommandLine=console=ttyS0 systemd.log_level=debug\n\
+             ExtraTrees={}:/usr/lib/systemd/boot/efi\nRemoveFiles=/usr/lib/systemd/boot/efi/\n",
+            efi.display()
+        ),
+    );
+    write(&addon, "mkosi.extra/usr/lib/modules/6.1.0-extra/extra/hello.ko", "not really a module");
+    build(&addon, &["-f"]);
+    let out = addon.join("extra.efi");
+    let data = std::fs::read(&out).unwrap();
+    assert_ne!(mkosi_formats::pe::kernel_type(&data), mkosi_formats::pe::KernelType::Uki);
+    let secs = sections(&out);
+    let names: Vec<&str> = secs.iter().map(|(n, _, _)| n.as_str()).collect();
+    for want in [".cmdline", ".initrd", ".sbat"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    assert!(!names.contains(&".linux"), "an addon has no kernel: {names:?}");
+    assert_eq!(section(&out, ".cmdline", dir), b"console=ttyS0 systemd.log_level=debug\0");
+    let sbat = String::from_utf8(section(&out, ".sbat", dir)).unwrap();
+    assert!(sbat.contains("uki-addon"), "{sbat}");
+
+    // The payload: the tree as a zstd-compressed cpio archive, without the stub.
+    let initrd = dir.join("initrd.zst");
+    std::fs::write(&initrd, section(&out, ".initrd", dir)).unwrap();
+    assert!(is_zstd(&initrd));
+    let plain = dir.join("initrd.cpio");
+    tool(&["zstd", "-q", "-d", "-f", &initrd.display().to_string(), "-o", &plain.display().to_string()]);
+    let mut cmd = std::process::Command::new("cpio");
+    cmd.args(["-i", "-t", "--quiet"]).stdin(std::fs::File::open(&plain).unwrap());
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "cpio -t: {}", text(&o));
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(listing.lines().any(|l| l == "usr/lib/modules/6.1.0-extra/extra/hello.ko"), "{listing}");
+    assert!(!listing.contains("addonx64.efi.stub"), "{listing}");
 }

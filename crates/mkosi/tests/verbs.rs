@@ -194,11 +194,6 @@ fn build_refuses_settings_it_cannot_build_yet() {
     let e = stderr(&o);
     assert!(e.contains("Not implemented yet: UseSubvolumes=yes"), "{e}");
     assert!(!t.path().join("cache").exists(), "nothing was prepared");
-    let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
-    let o = mkosi(t.path(), &["--format=addon", "build"]);
-    assert!(stderr(&o).contains("Format=addon is not implemented yet"), "{}", stderr(&o));
-    let o = mkosi(t.path(), &["--format=disk", "--bootable=yes", "--shim-bootloader=signed", "build"]);
-    assert!(stderr(&o).contains("ShimBootloader= is not implemented yet"), "{}", stderr(&o));
 }
 
 #[test]

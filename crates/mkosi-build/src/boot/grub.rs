@@ -359,8 +359,15 @@ fn in_sandbox(tool: &GrubTool, root: &Path, path: &Path) -> PathBuf {
 }
 
 /// Makes a grub image for `target` (upstream's `grub_mkimage`): the core image of the
-/// `i386-pc` module directory (`output` none), or an EFI binary at `output` (in the image).
-fn grub_mkimage(ctx: &Context, target: &str, modules: &[&str], output: Option<&Path>) -> Result<()> {
+/// `i386-pc` module directory (`output` none), or an EFI binary at `output` (in the image),
+/// with `sbat` as its `.sbat` section when given.
+fn grub_mkimage(
+    ctx: &Context,
+    target: &str,
+    modules: &[&str],
+    output: Option<&Path>,
+    sbat: Option<&[u8]>,
+) -> Result<()> {
     let c = ctx.config;
     let root = ctx.root();
     let tool = require_tool(c, &root, "mkimage")?;
@@ -376,6 +383,10 @@ fn grub_mkimage(ctx: &Context, target: &str, modules: &[&str], output: Option<&P
     let scratch = ctx.scratch("grub-mkimage")?;
     let config = scratch.join("early.cfg");
     std::fs::write(&config, early_config(prefix)).map_err(io("writing", &config))?;
+    if let Some(data) = sbat {
+        let p = scratch.join("sbat");
+        std::fs::write(&p, data).map_err(io("writing", &p))?;
+    }
     let directory_in = in_sandbox(&tool, &root, &directory);
     let args = Mkimage {
         tool: tool.path().to_path_buf(),
@@ -387,8 +398,8 @@ fn grub_mkimage(ctx: &Context, target: &str, modules: &[&str], output: Option<&P
         config: Path::new(SANDBOX_TMP).join("early.cfg"),
         prefix: prefix.to_string(),
         format: target.to_string(),
-        sbat: None,
-        disable_shim_lock: c.str("ShimBootloader").unwrap_or("none") == "none",
+        sbat: sbat.map(|_| Path::new(SANDBOX_TMP).join("sbat")),
+        disable_shim_lock: !super::want_shim(c),
         x86: c.architecture().is_x86_variant(),
         modules: modules.iter().map(|m| m.to_string()).collect(),
     };
@@ -428,6 +439,22 @@ pub fn find_signed_grub_image(root: &Path, efi_arch: &str) -> Option<PathBuf> {
     None
 }
 
+/// The SBAT data for a grub image that shim verifies: the `.sbat` section of the
+/// distribution's signed grub (shim refuses images without SBAT entries it knows).
+pub fn shim_sbat(root: &Path, efi_arch: &str) -> Result<Vec<u8>> {
+    let Some(signed) = find_signed_grub_image(root, efi_arch) else {
+        return Err(BuildError::hint(
+            "Couldn't find a signed grub EFI binary installed in the image to extract SBAT from",
+            "Add the signed grub package to Packages= (grub-efi-amd64-signed on Debian)",
+        ));
+    };
+    match mkosi_formats::uki::extract_section(&signed, ".sbat") {
+        Ok(Some(data)) => Ok(data),
+        Ok(None) => Err(BuildError::msg(format!("{} has no .sbat section", signed.display()))),
+        Err(e) => Err(BuildError::msg(format!("Reading the SBAT of {}: {e}", signed.display()))),
+    }
+}
+
 fn mkdir_0700(p: &Path) -> Result<()> {
     if p.is_dir() {
         return Ok(());
@@ -451,14 +478,15 @@ pub fn install(ctx: &Context) -> Result<()> {
     }
     let root = ctx.root();
     if bios {
-        grub_mkimage(ctx, "i386-pc", &["biosdisk"], None)?;
+        grub_mkimage(ctx, "i386-pc", &["biosdisk"], None, None)?;
     }
     if efi {
         let (Some(efi_arch), Some(arch)) = (crate::disk::efi_arch(c.architecture()), grub_arch(c.architecture()))
         else {
             return Ok(());
         };
-        let output = root.join(format!("efi/EFI/BOOT/BOOT{}.EFI", efi_arch.to_uppercase()));
+        // shim starts grub from its second-stage path.
+        let output = root.join(super::boot_loader_binary(c));
         if let Some(parent) = output.parent() {
             mkdir_0700(parent)?;
         }
@@ -485,7 +513,9 @@ pub fn install(ctx: &Context) -> Result<()> {
             ));
             std::fs::copy(&signed, &output).map_err(io("copying", &signed))?;
         } else {
-            grub_mkimage(ctx, &format!("{arch}-efi"), &["chain"], Some(&output))?;
+            let sbat =
+                if c.bool("SecureBoot") && super::want_shim(c) { Some(shim_sbat(&root, efi_arch)?) } else { None };
+            grub_mkimage(ctx, &format!("{arch}-efi"), &["chain"], Some(&output), sbat.as_deref())?;
             if c.bool("SecureBoot") {
                 let unsigned = ctx.scratch("grub-sign")?.join("grub.efi");
                 std::fs::rename(&output, &unsigned)
@@ -933,6 +963,26 @@ mod tests {
         std::fs::create_dir_all(suse.parent().unwrap()).unwrap();
         std::fs::write(&suse, b"MZ").unwrap();
         assert_eq!(find_signed_grub_image(root, "aa64"), Some(suse));
+    }
+
+    #[test]
+    fn sbat_for_shim_comes_from_the_signed_grub() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let e = shim_sbat(root, "x64").unwrap_err();
+        assert!(e.to_string().contains("to extract SBAT from"), "{e}");
+        let d = root.join("usr/lib/grub/x86_64-efi-signed");
+        std::fs::create_dir_all(&d).unwrap();
+        let sbat = b"sbat,1,SBAT Version,sbat,1,https://example.org\ngrub,4,Free Software Foundation,grub,2.12,https://example.org\n";
+        std::fs::write(
+            d.join("grubx64.efi.signed"),
+            mkosi_formats::pe::testpe::build(&[(".text", b"x"), (".sbat", sbat)], 0),
+        )
+        .unwrap();
+        assert_eq!(shim_sbat(root, "x64").unwrap(), sbat);
+        std::fs::write(d.join("grubx64.efi.signed"), mkosi_formats::pe::testpe::build(&[(".text", b"x")], 0)).unwrap();
+        let e = shim_sbat(root, "x64").unwrap_err();
+        assert!(e.to_string().contains("has no .sbat section"), "{e}");
     }
 
     #[test]

@@ -432,12 +432,11 @@ fn kernel_modules_initrd(ctx: &Context, kver: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Where an installed UKI goes: `/boot/EFI/Linux/<name>.efi`, or the default boot loader path
-/// with `Bootloader=uki`.
+/// Where an installed UKI goes: `/boot/EFI/Linux/<name>.efi`, or with `Bootloader=uki` the
+/// default boot loader path (shim's second stage with `ShimBootloader=`).
 fn uki_path(ctx: &Context, name: &str) -> PathBuf {
     if bootloader_is_uki(ctx.config) {
-        let arch = crate::disk::efi_arch(ctx.config.architecture()).unwrap_or("x64");
-        return PathBuf::from(format!("efi/EFI/BOOT/BOOT{}.EFI", arch.to_uppercase()));
+        return super::boot_loader_binary(ctx.config);
     }
     PathBuf::from(format!("boot/EFI/Linux/{name}.efi"))
 }
@@ -647,6 +646,11 @@ pub fn split_uki_path(ctx: &Context) -> Option<PathBuf> {
     let boot = root.join(format!("efi/EFI/BOOT/BOOT{}.EFI", arch.to_uppercase()));
     if boot.exists() && identify(&boot) == KernelType::Uki {
         return Some(boot);
+    }
+    if let Some(second) = super::shim_second_stage_binary(c).map(|p| root.join(p)) {
+        if second.exists() && identify(&second) == KernelType::Uki {
+            return Some(second);
+        }
     }
     let dir = root.join("boot/EFI/Linux");
     let mut ukis: Vec<String> = sorted_names(&dir).into_iter().filter(|n| n.ends_with(".efi")).collect();

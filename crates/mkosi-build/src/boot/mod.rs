@@ -2,19 +2,22 @@
 //!
 //! The decisions upstream makes about booting (`want_efi`, `want_kernel`, `want_uki`), the
 //! kernels found in the image, and installing them: systemd-boot ([`systemd_boot`]), unified
-//! kernel images assembled in-process and Type #1 boot loader entries ([`kernel`]).
+//! kernel images assembled in-process and Type #1 boot loader entries ([`kernel`]), shim
+//! ([`shim`]) and `Format=addon` PE addons ([`addon`]).
 
-use mkosi_config::enums::{Feature, OutputFormat};
+use std::path::PathBuf;
+
+use mkosi_config::enums::{Distribution, Feature, OutputFormat};
 use mkosi_config::Config;
 
+pub mod addon;
 pub mod grub;
 pub mod kernel;
 pub mod pcrs;
+pub mod shim;
 pub mod systemd_boot;
 
 pub use kernel::{entry_token, install_kernel, kernel_images, Kernel};
-
-use crate::error::{BuildError, Result};
 
 /// Upstream's `want_efi`: whether the image is to be made bootable on EFI firmware.
 pub fn want_efi(c: &Config) -> bool {
@@ -76,13 +79,101 @@ pub fn want_uki(c: &Config, root: &std::path::Path) -> bool {
                 && stub_path(c, root).is_some_and(|s| s.exists())))
 }
 
-/// Fails early, before anything is built, for boot settings this version cannot do.
-pub fn check_supported(c: &Config) -> Result<()> {
-    if want_efi(c) && c.output_format() != OutputFormat::Esp && c.str("ShimBootloader").is_some_and(|b| b != "none") {
-        return Err(BuildError::hint("ShimBootloader= is not implemented yet", "Set ShimBootloader=none"));
+/// Whether `ShimBootloader=` asks for shim (`signed` or `unsigned`).
+pub fn want_shim(c: &Config) -> bool {
+    c.str("ShimBootloader").is_some_and(|b| b != "none")
+}
+
+/// The removable-media boot path firmware starts, `efi/EFI/BOOT/BOOT<ARCH>.EFI` (upstream's
+/// `efi_boot_binary`); `None` for architectures without UEFI.
+pub fn efi_boot_binary(c: &Config) -> Option<PathBuf> {
+    crate::disk::efi_arch(c.architecture()).map(|a| PathBuf::from(format!("efi/EFI/BOOT/BOOT{}.EFI", a.to_uppercase())))
+}
+
+/// Where shim looks for the boot loader it starts: `efi/EFI/BOOT/grub<arch>.EFI`, or
+/// `efi/EFI/BOOT/grub.EFI` on openSUSE (upstream's `shim_second_stage_binary`).
+pub fn shim_second_stage_binary(c: &Config) -> Option<PathBuf> {
+    let arch = crate::disk::efi_arch(c.architecture())?;
+    Some(if c.distribution() == Distribution::Opensuse {
+        PathBuf::from("efi/EFI/BOOT/grub.EFI")
+    } else {
+        PathBuf::from(format!("efi/EFI/BOOT/grub{arch}.EFI"))
+    })
+}
+
+/// Where the boot loader (or, with `Bootloader=uki`, the UKI) goes on the ESP: shim's second
+/// stage when shim is used, else the removable-media path. Architectures without UEFI get the
+/// x86-64 names (nothing boots them from an ESP anyway).
+pub fn boot_loader_binary(c: &Config) -> PathBuf {
+    let path = if want_shim(c) { shim_second_stage_binary(c) } else { efi_boot_binary(c) };
+    path.unwrap_or_else(|| {
+        PathBuf::from(if want_shim(c) { "efi/EFI/BOOT/grubx64.EFI" } else { "efi/EFI/BOOT/BOOTX64.EFI" })
+    })
+}
+
+/// A build context over a temporary workspace, for tests of the boot steps.
+#[cfg(test)]
+pub(crate) struct TestBuild {
+    _dir: tempfile::TempDir,
+    ws: PathBuf,
+    args: mkosi_config::Args,
+    host: mkosi_config::Host,
+    pub config: Config,
+}
+
+#[cfg(test)]
+impl TestBuild {
+    pub fn new(values: serde_json::Value) -> TestBuild {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ws = dir.path().join("ws");
+        let config = Config::from_values(values.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        TestBuild {
+            ws,
+            _dir: dir,
+            args: mkosi_config::Args::new(mkosi_config::Verb::Build, None),
+            host: mkosi_config::Host::new(vec![], mkosi_config::enums::Architecture::X86_64, "/".into()),
+            config,
+        }
     }
-    if c.output_format() == OutputFormat::Addon {
-        return Err(BuildError::msg("Format=addon is not implemented yet"));
+
+    pub fn ctx(&self) -> crate::context::Context<'_> {
+        crate::context::Context::new(
+            &self.args,
+            &self.config,
+            &self.host,
+            self.ws.clone(),
+            self.ws.join("metadata"),
+            self.ws.join("pkgcache"),
+            self.ws.join("packages"),
+            self.ws.clone(),
+        )
+        .expect("context")
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn boot_binary_paths() {
+        let b = |v: serde_json::Value| TestBuild::new(v).config;
+        let plain = b(json!({"Architecture": "x86-64", "Distribution": "debian"}));
+        assert!(!want_shim(&plain));
+        assert_eq!(efi_boot_binary(&plain), Some(PathBuf::from("efi/EFI/BOOT/BOOTX64.EFI")));
+        assert_eq!(shim_second_stage_binary(&plain), Some(PathBuf::from("efi/EFI/BOOT/grubx64.EFI")));
+        assert_eq!(boot_loader_binary(&plain), PathBuf::from("efi/EFI/BOOT/BOOTX64.EFI"));
+        let none = b(json!({"Architecture": "x86-64", "ShimBootloader": "none"}));
+        assert!(!want_shim(&none));
+        let shim = b(json!({"Architecture": "arm64", "Distribution": "debian", "ShimBootloader": "signed"}));
+        assert!(want_shim(&shim));
+        assert_eq!(efi_boot_binary(&shim), Some(PathBuf::from("efi/EFI/BOOT/BOOTAA64.EFI")));
+        assert_eq!(boot_loader_binary(&shim), PathBuf::from("efi/EFI/BOOT/grubaa64.EFI"));
+        let suse = b(json!({"Architecture": "x86-64", "Distribution": "opensuse", "ShimBootloader": "unsigned"}));
+        assert_eq!(boot_loader_binary(&suse), PathBuf::from("efi/EFI/BOOT/grub.EFI"));
+        let s390 = b(json!({"Architecture": "s390x", "ShimBootloader": "signed"}));
+        assert_eq!(efi_boot_binary(&s390), None);
+        assert_eq!(shim_second_stage_binary(&s390), None);
+    }
 }

@@ -108,6 +108,28 @@ pub fn bootctl_install(root: &Path, binaries: &[(String, PathBuf)], token: &str)
     write_entry_token(root, token)
 }
 
+/// With `ShimBootloader=`, shim starts systemd-boot: the installed
+/// `efi/EFI/systemd/systemd-boot<arch>.efi` is copied to shim's second-stage path.
+pub fn install_shim_second_stage(c: &mkosi_config::Config, root: &Path) -> Result<()> {
+    if !super::want_shim(c) {
+        return Ok(());
+    }
+    let (Some(arch), Some(dst)) = (crate::disk::efi_arch(c.architecture()), super::shim_second_stage_binary(c)) else {
+        return Ok(());
+    };
+    let src = root.join(format!("efi/EFI/systemd/systemd-boot{arch}.efi"));
+    if !src.is_file() {
+        return Err(BuildError::msg(format!(
+            "systemd-boot for {arch} was not installed at /efi/EFI/systemd/systemd-boot{arch}.efi, shim cannot start it"
+        )));
+    }
+    let dst = root.join(dst);
+    if let Some(parent) = dst.parent() {
+        mkdir_0700(parent)?;
+    }
+    copy_preserving_mtime(&src, &dst)
+}
+
 /// Installs systemd-boot when the image is to boot with it (upstream's
 /// `install_systemd_boot`), signing its binaries first with `SecureBoot=yes`.
 pub fn install(ctx: &Context) -> Result<()> {
@@ -174,6 +196,7 @@ pub fn install(ctx: &Context) -> Result<()> {
     }
     log::step("Installing systemd-boot…");
     bootctl_install(&root, &binaries, &entry_token(ctx))?;
+    install_shim_second_stage(c, &root)?;
     if c.bool("SecureBoot") && c.bool("SecureBootAutoEnroll") {
         log::step("Setting up secure boot auto-enrollment…");
         crate::secureboot::write_auto_enroll_keys(c, &root.join("efi"), &ctx.workspace)?;
@@ -226,5 +249,29 @@ mod tests {
         bootctl_install(root, &bins, "other").unwrap();
         assert_eq!(f("efi/loader/loader.conf"), b"timeout 0\n");
         assert_eq!(f("etc/kernel/entry-token"), b"debian\n");
+    }
+
+    #[test]
+    fn shim_starts_systemd_boot() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let dir = root.join(BOOT_EFI_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("systemd-bootx64.efi"), b"MZ boot").unwrap();
+        let config = |shim: &str| {
+            mkosi_config::Config::from_values([
+                ("Architecture".to_string(), serde_json::json!("x86-64")),
+                ("ShimBootloader".to_string(), serde_json::json!(shim)),
+            ])
+        };
+        // Without shim nothing is copied; without systemd-boot installed shim has nothing to start.
+        install_shim_second_stage(&config("none"), root).unwrap();
+        assert!(!root.join("efi/EFI/BOOT/grubx64.EFI").exists());
+        let e = install_shim_second_stage(&config("signed"), root).unwrap_err();
+        assert!(e.to_string().contains("shim cannot start it"), "{e}");
+        bootctl_install(root, &boot_binaries(root), "debian").unwrap();
+        install_shim_second_stage(&config("signed"), root).unwrap();
+        assert_eq!(std::fs::read(root.join("efi/EFI/BOOT/grubx64.EFI")).unwrap(), b"MZ boot");
+        assert_eq!(std::fs::metadata(root.join("efi/EFI/BOOT/grubx64.EFI")).unwrap().mode() & 0o7777, 0o644);
     }
 }
