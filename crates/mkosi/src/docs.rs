@@ -186,8 +186,14 @@ pub fn documentation(args: &Args) -> Result<()> {
             _ => show_manual(crate::initrd_tool::manual(), "MKOSI-INITRD", args.pager),
         };
     }
+    if matches!(manual, "mkosi-addon" | "addon") {
+        return match args.doc_format {
+            DocFormat::Markdown => crate::page(crate::addon_tool::manual(), args.pager),
+            _ => show_manual(crate::addon_tool::manual(), "MKOSI-ADDON", args.pager),
+        };
+    }
     if !matches!(manual, "mkosi") {
-        bail!("The '{manual}' manual is not available yet; only 'mkosi' and 'mkosi-initrd' are");
+        bail!("The '{manual}' manual is not available yet; only 'mkosi', 'mkosi-initrd' and 'mkosi-addon' are");
     }
     let md = markdown();
     let format = match args.doc_format {

@@ -121,12 +121,12 @@ impl Host {
         self.root.join(p.trim_start_matches('/'))
     }
 
-    fn exists(&self, p: &str) -> bool {
+    pub(crate) fn exists(&self, p: &str) -> bool {
         std::fs::symlink_metadata(self.path(p)).is_ok()
     }
 
     /// `--extra-tree=<host file>:<same path in the image>`.
-    fn extra_tree(&self, p: &str) -> String {
+    pub(crate) fn extra_tree(&self, p: &str) -> String {
         format!("--extra-tree={}:{}", self.path(p).display(), p)
     }
 
@@ -320,7 +320,7 @@ fn collect_module_symlinks(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The `/etc/crypttab` entries the initrd must set up (`x-initrd.attach`),
 /// written to `dir/crypttab`, and extra trees for it and its key files.
-fn process_crypttab(host: &Host, dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn process_crypttab(host: &Host, dir: &Path) -> Result<Vec<String>> {
     let text = match std::fs::read_to_string(host.path("/etc/crypttab")) {
         Ok(t) => t,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
@@ -577,10 +577,10 @@ fn make_writable(p: &Path) {
 }
 
 /// A private scratch directory removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new() -> Result<Scratch> {
+    pub(crate) fn new() -> Result<Scratch> {
         let base = std::env::temp_dir();
         let mut seed = std::process::id() as u64;
         for _ in 0..64 {

@@ -1,5 +1,6 @@
 //! `mkosi`: build bespoke OS images.
 
+mod addon_tool;
 mod cli;
 mod docs;
 mod initrd_tool;
@@ -61,6 +62,15 @@ fn main() -> ExitCode {
     if name == "mkosi-initrd" {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return match initrd_tool::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => ExitCode::from(report(&e)),
+        };
+    }
+
+    // `mkosi-addon`: build a PE addon for the running system.
+    if name == "mkosi-addon" {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return match addon_tool::main(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => ExitCode::from(report(&e)),
         };
