@@ -5,6 +5,7 @@ mod cli;
 mod docs;
 mod initrd_tool;
 mod resources;
+mod runtime;
 mod verbs;
 
 use std::io::{IsTerminal, Write};

@@ -38,7 +38,7 @@ fn no_configuration_found(images: &[Config], host: &Host, resources: &Path) -> R
 
 /// The configuration mkosi sees without any configuration (upstream's
 /// `Config.default()`, parsed from `/proc`).
-fn default_config(host: &Host, resources: &Path) -> Result<Config> {
+pub(crate) fn default_config(host: &Host, resources: &Path) -> Result<Config> {
     let proc = Path::new("/proc");
     let parsed = parse_config(Args::new(Verb::Build, Some(proc.to_path_buf())), &[], host, resources, proc)?;
     parsed.images.last().cloned().context("no default configuration")
@@ -46,8 +46,8 @@ fn default_config(host: &Host, resources: &Path) -> Result<Config> {
 
 fn not_implemented(verb: Verb) -> anyhow::Error {
     anyhow::anyhow!(
-        "The '{}' verb is not implemented yet in this version of mkosi; only build, clean, box, summary, cat-config, \
-         bump, genkey, completion, documentation, dependencies, init and help work so far",
+        "The '{}' verb is not implemented yet in this version of mkosi; only build, clean, box, shell, boot, serve, \
+         burn, journalctl, coredumpctl, sysupdate, summary, cat-config, bump, genkey, completion, documentation, dependencies, init and help work so far",
         verb.as_str()
     )
 }
@@ -123,6 +123,13 @@ pub fn run(cli: Cli, host: &Host, _root: &Path) -> Result<()> {
                 code => Err(crate::Exit(code.clamp(1, 255) as u8).into()),
             }
         }
+        Verb::Shell
+        | Verb::Boot
+        | Verb::Serve
+        | Verb::Burn
+        | Verb::Sysupdate
+        | Verb::Journalctl
+        | Verb::Coredumpctl => crate::runtime::run(&args, images, host, &cli.cwd, &resources),
         verb => Err(not_implemented(verb)),
     }
 }
