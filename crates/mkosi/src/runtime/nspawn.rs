@@ -30,6 +30,16 @@ pub struct Invocation<'a> {
     pub cwd: &'a Path,
     /// The version of systemd-nspawn.
     pub nspawn_version: &'a str,
+    /// Whether the system bus (and so systemd-machined) can be reached.
+    pub system_bus: bool,
+}
+
+/// Whether the D-Bus system bus is there, through which nspawn registers the machine.
+pub fn have_system_bus() -> bool {
+    match std::env::var("DBUS_SYSTEM_BUS_ADDRESS") {
+        Ok(a) if !a.is_empty() => true,
+        _ => Path::new("/run/dbus/system_bus_socket").exists(),
+    }
 }
 
 /// The machine name: `Machine=` or the image name, with `_` replaced by `-`.
@@ -107,9 +117,18 @@ pub fn command_line(config: &Config, inv: &Invocation) -> Result<Vec<OsString>> 
         push(&mut cmd, &format!("--rlimit=RLIMIT_CORE={}", inv.rlimit_core));
         push(&mut cmd, "--console=autopipe");
     }
-    let register = config.str("Register").unwrap_or("auto") != "disabled";
+    // Register=auto registers only when machined can be reached (nspawn fails otherwise).
+    let register = match config.str("Register").unwrap_or("auto") {
+        "disabled" => false,
+        "auto" => inv.system_bus,
+        _ => true,
+    };
     for a in ["--machine", &machine_name(config), "--register", if register { "yes" } else { "no" }] {
         push(&mut cmd, a);
+    }
+    // Without a system bus nspawn cannot allocate a scope unit either: it stays in ours.
+    if !inv.system_bus {
+        push(&mut cmd, "--keep-unit");
     }
     for (name, path) in inv.credentials {
         let mut a = OsString::from(format!("--load-credential={name}:"));
@@ -246,6 +265,7 @@ pub fn run_shell(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Resul
         user: host.user_name(),
         cwd,
         nspawn_version: &version,
+        system_bus: have_system_bus(),
     };
     let argv = command_line(config, &inv)?;
     let mut cmd = Command::new(&nspawn);
@@ -280,6 +300,7 @@ mod tests {
             user: "alice",
             cwd: Path::new("/src"),
             nspawn_version: "252",
+            system_bus: !c.str("Machine").is_some_and(|m| m == "no-bus"),
         };
         let argv = command_line(&c, &inv)?;
         Ok(argv.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "))
@@ -319,6 +340,11 @@ mod tests {
                 ),
             ),
         ];
+        // Without a system bus Register=auto does not register, Register=yes still does.
+        let got = line(json!({"Image": "main", "Machine": "no-bus"}), false, &[]).unwrap();
+        assert!(got.contains("--machine no-bus --register no --keep-unit --load-credential"), "{got}");
+        let got = line(json!({"Image": "main", "Machine": "no-bus", "Register": "enabled"}), false, &[]).unwrap();
+        assert!(got.contains("--machine no-bus --register yes --keep-unit"), "{got}");
         for (conf, cmdline, want) in cases {
             assert_eq!(line(conf.clone(), false, &cmdline).unwrap(), want, "{conf}");
         }

@@ -201,6 +201,14 @@ pub fn http_date(t: SystemTime) -> String {
     )
 }
 
+/// The time in request log lines (`26/Nov/2026 12:18:05`, UTC).
+pub fn log_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    format!("{d:02}/{}/{y} {:02}:{:02}:{:02}", MONTHS[(m - 1) as usize], rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Parse an HTTP date back to seconds since the epoch.
 pub fn parse_http_date(s: &str) -> Option<i64> {
     let mut w = s.split_whitespace().skip(1);
@@ -379,7 +387,7 @@ fn handle(stream: TcpStream, root: &Path) -> Result<()> {
             Body::Bytes(b) => b.len().to_string(),
             Body::File(_, n) => n.to_string(),
         };
-        eprintln!("{peer} - - [{}] \"{request}\" {} -", http_date(SystemTime::now()), resp.status);
+        eprintln!("{peer} - - [{}] \"{request}\" {} -", log_date(SystemTime::now()), resp.status);
         let mut head = format!(
             "HTTP/1.0 {} {}\r\nServer: mkosi\r\nDate: {}\r\n",
             resp.status,
@@ -482,6 +490,7 @@ mod tests {
     fn dates_and_paths() {
         let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(log_date(t), "06/Nov/1994 08:49:37");
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
         assert_eq!(parse_http_date("garbage"), None);
         let root = Path::new("/srv");
