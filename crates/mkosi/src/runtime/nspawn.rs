@@ -300,7 +300,7 @@ mod tests {
             user: "alice",
             cwd: Path::new("/src"),
             nspawn_version: "252",
-            system_bus: !c.str("Machine").is_some_and(|m| m == "no-bus"),
+            system_bus: c.str("Machine").is_none_or(|m| m != "no-bus"),
         };
         let argv = command_line(&c, &inv)?;
         Ok(argv.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "))
