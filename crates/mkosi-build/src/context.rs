@@ -26,7 +26,22 @@ pub struct Context<'a> {
     /// The directory the configuration was read in (relative output paths).
     pub cwd: PathBuf,
     pub timings: Timings,
+    /// Images this one depends on that are built concurrently (see
+    /// [`Dependency`]): the build waits for them before reading their outputs.
+    pub dependency: Option<&'a dyn Dependency>,
+    /// A package manager cache of this build alone, when it runs concurrently
+    /// with another build (see `mkosi_distro::PmEnv::private_cache`).
+    pub private_apt_cache: Option<PathBuf>,
     counter: AtomicU64,
+}
+
+/// Images being built concurrently with the current one, which needs their outputs.
+pub trait Dependency: Sync {
+    /// Whether their build failed already.
+    fn failed(&self) -> bool;
+    /// Wait until their build is done: its error the first time it is asked
+    /// for after a failure, else `Ok`.
+    fn wait(&self) -> Result<()>;
 }
 
 fn bind(src: impl Into<PathBuf>, dst: impl Into<PathBuf>, readonly: bool) -> FsOp {
@@ -55,6 +70,8 @@ impl<'a> Context<'a> {
             package_dir,
             cwd,
             timings: Timings::default(),
+            dependency: None,
+            private_apt_cache: None,
             counter: AtomicU64::new(0),
         };
         for d in [ctx.staging(), ctx.sandbox_tree(), ctx.repository(), ctx.artifacts(), ctx.install_dir(), ctx.tmp()] {

@@ -303,30 +303,278 @@ pub fn build(args: &Args, images: &[Config], host: &Host, cwd: &Path) -> Result<
         scripts::run_sync_scripts(args, config, host, &run_dir.path, cwd)?;
     }
 
-    for config in images {
-        if config.output_format() == mkosi_config::enums::OutputFormat::None && config.list("BuildScripts").is_empty() {
+    let run = Run {
+        args,
+        cwd,
+        run_dir: &run_dir.path,
+        metadata_dir: &metadata_dir,
+        pkgcache: &pkgcache,
+        package_dir: &package_dir,
+    };
+    let mut i = 0;
+    while i < images.len() {
+        let config = &images[i];
+        i += 1;
+        if skipped(config) {
             continue;
         }
         scripts::check_scripts(config).map_err(|e| e.in_step(&format!("Checking image {}", config.image())))?;
-        let ws = Workspace::new(&run_dir.path, args.debug_workspace)?;
-        let mut ctx = Context::new(
-            args,
-            config,
-            host,
-            ws.path.clone(),
-            metadata_dir.clone(),
-            pkgcache.clone(),
-            package_dir.clone(),
-            cwd.to_path_buf(),
-        )?;
-        pipeline::build_image(&mut ctx)?;
-        if args.debug_timing {
-            log::info(&format!("Step durations for image {}:\n{}", config.image(), ctx.timings.report()));
+        match images
+            .get(i)
+            .filter(|next| !skipped(next))
+            .map(|next| (next, sequential_reason(&run, host, config, next)))
+        {
+            Some((next, None)) => {
+                scripts::check_scripts(next).map_err(|e| e.in_step(&format!("Checking image {}", next.image())))?;
+                build_concurrently(&run, host, config, next)?;
+                i += 1;
+            }
+            Some((_, Some(reason))) if config.image() == DEFAULT_INITRD => {
+                log::debug(&format!("Building the {DEFAULT_INITRD} image first: {reason}"));
+                build_one(&run, host, config)?;
+            }
+            _ => build_one(&run, host, config)?,
         }
-        let out = config.output_dir_or_cwd(cwd).join(config.output_with_compression());
-        log::info(&format!("{} ({})", out.display(), human_size(&out)));
     }
     Ok(())
+}
+
+/// The image mkosi generates for `Initrds=default`.
+const DEFAULT_INITRD: &str = "default-initrd";
+
+/// Images with nothing to build.
+fn skipped(config: &Config) -> bool {
+    config.output_format() == mkosi_config::enums::OutputFormat::None && config.list("BuildScripts").is_empty()
+}
+
+/// What every image build of one run shares.
+struct Run<'r> {
+    args: &'r Args,
+    cwd: &'r Path,
+    run_dir: &'r Path,
+    metadata_dir: &'r Path,
+    pkgcache: &'r Path,
+    package_dir: &'r Path,
+}
+
+impl Run<'_> {
+    /// Build `config` in the workspace `ws`, returning the step durations too.
+    fn build_in(
+        &self,
+        host: &Host,
+        config: &Config,
+        ws: &Path,
+        private_apt_cache: Option<PathBuf>,
+        dependency: Option<&dyn context::Dependency>,
+    ) -> (Result<()>, log::Timings) {
+        let mut ctx = match Context::new(
+            self.args,
+            config,
+            host,
+            ws.to_path_buf(),
+            self.metadata_dir.to_path_buf(),
+            self.pkgcache.to_path_buf(),
+            self.package_dir.to_path_buf(),
+            self.cwd.to_path_buf(),
+        ) {
+            Ok(ctx) => ctx,
+            Err(e) => return (Err(e), log::Timings::default()),
+        };
+        ctx.private_apt_cache = private_apt_cache;
+        ctx.dependency = dependency;
+        let r = pipeline::build_image(&mut ctx);
+        (r, ctx.timings)
+    }
+
+    /// What the user sees after an image was built: its step durations and output.
+    fn report(&self, config: &Config, timings: &log::Timings) {
+        if self.args.debug_timing {
+            log::info(&format!("Step durations for image {}:\n{}", config.image(), timings.report()));
+        }
+        let out = config.output_dir_or_cwd(self.cwd).join(config.output_with_compression());
+        log::info(&format!("{} ({})", out.display(), human_size(&out)));
+    }
+}
+
+/// Build one image on its own.
+fn build_one(run: &Run, host: &Host, config: &Config) -> Result<()> {
+    let ws = Workspace::new(run.run_dir, run.args.debug_workspace)?;
+    let (r, timings) = run.build_in(host, config, &ws.path, None, None);
+    r?;
+    run.report(config, &timings);
+    Ok(())
+}
+
+/// Why the generated default initrd `initrd` cannot be built concurrently
+/// with `next`, the image after it; `None` when it can. Only the pair of
+/// the default initrd and an image needing it is built concurrently, and
+/// only when they share nothing but the package caches (which the initrd
+/// build then uses through a private copy, see `mkosi_distro::apt::prepare_private_cache`).
+fn sequential_reason(run: &Run, host: &Host, initrd: &Config, next: &Config) -> Option<&'static str> {
+    if initrd.image() != DEFAULT_INITRD || !next.strings("Dependencies").iter().any(|d| d == DEFAULT_INITRD) {
+        return Some("not the default initrd and an image depending on it");
+    }
+    if host.env("MKOSI_SEQUENTIAL").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Some("MKOSI_SEQUENTIAL is set");
+    }
+    if run.args.debug_shell {
+        return Some("--debug-shell needs the terminal");
+    }
+    if [initrd, next].iter().any(|c| mkosi_distro::package_manager(c).ok() != Some("apt")) {
+        return Some("only apt builds are run concurrently");
+    }
+    if [initrd, next].iter().any(|c| cache::is_incremental(c)) {
+        return Some("incremental builds use caches of their own");
+    }
+    if [initrd, next].iter().any(|c| !c.list("BuildScripts").is_empty() || !c.list("PackageDirectories").is_empty()) {
+        return Some("local packages (build scripts, PackageDirectories=) are shared");
+    }
+    if mkosi_distro::apt::local_packages(run.package_dir).map_or(true, |p| !p.is_empty()) {
+        return Some("the package directory holds packages");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let archives = run.pkgcache.join("cache/apt/archives");
+    if dev(run.run_dir).is_none() || dev(run.run_dir) != dev(&archives) {
+        return Some("the workspace and the package cache are on different file systems");
+    }
+    None
+}
+
+/// How an image build ended, with its step durations.
+type Built = (Result<()>, log::Timings);
+
+/// The default initrd building on a thread of its own while the image
+/// needing it builds on the calling thread (see [`build_concurrently`]).
+struct Concurrent<'scope, 'env> {
+    run: &'env Run<'env>,
+    config: &'env Config,
+    handle: std::sync::Mutex<Option<std::thread::ScopedJoinHandle<'scope, Built>>>,
+    failed: &'env std::sync::atomic::AtomicBool,
+    capture: std::sync::Arc<mkosi_sandbox::run::Capture>,
+}
+
+impl Concurrent<'_, '_> {
+    /// The error of the concurrent build, naming its image.
+    fn name_error(&self, e: BuildError) -> BuildError {
+        match e {
+            BuildError::Step { step, source } => {
+                BuildError::Step { step: format!("{step} ({} image)", self.config.image()), source }
+            }
+            e => e.in_step(&format!("Building {} image", self.config.image())),
+        }
+    }
+
+    /// Show what the build printed: everything with `--debug` or after a
+    /// failure, else only mkosi's own messages (step headers, durations).
+    fn replay(&self, failed: bool) {
+        if self.capture.cancelled() {
+            log::info(&format!("‣ The build of the {} image was stopped", self.config.image()));
+            return;
+        }
+        if failed || self.run.args.debug {
+            match self.capture.contents() {
+                Ok(text) => eprint!("{text}"),
+                Err(e) => log::warn(&format!("Cannot read {}: {e}", self.capture.path().display())),
+            }
+        } else {
+            for line in self.capture.notices() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl context::Dependency for Concurrent<'_, '_> {
+    fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn wait(&self) -> Result<()> {
+        let handle = match self.handle.lock() {
+            Ok(mut h) => h.take(),
+            Err(_) => return Err(BuildError::msg("Waiting for a concurrent build failed: lock poisoned")),
+        };
+        let Some(handle) = handle else { return Ok(()) };
+        let (r, timings) = handle.join().unwrap_or_else(|_| {
+            (
+                Err(BuildError::msg(format!("The build of the {} image panicked", self.config.image()))),
+                Default::default(),
+            )
+        });
+        self.replay(r.is_err());
+        match r {
+            Ok(()) => {
+                self.run.report(self.config, &timings);
+                Ok(())
+            }
+            Err(e) => {
+                if self.run.args.debug_timing {
+                    log::info(&format!("Step durations for image {}:\n{}", self.config.image(), timings.report()));
+                }
+                Err(self.name_error(e))
+            }
+        }
+    }
+}
+
+/// Build the default initrd `initrd` on a thread of its own while `next`,
+/// which needs it, builds on this one; `next` waits for it before installing
+/// kernels ([`context::Dependency`]). The initrd's output goes to a log in its
+/// workspace, shown when it is waited for; its apt uses a private cache
+/// directory whose new downloads are handed to the shared cache afterwards.
+/// Whichever fails first stops the run; both are done when this returns.
+fn build_concurrently(run: &Run, host: &Host, initrd: &Config, next: &Config) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    log::header(&format!("Building {} image in the background", initrd.image()));
+    let ws = Workspace::new(run.run_dir, run.args.debug_workspace)?;
+    let capture = mkosi_sandbox::run::Capture::create(&ws.path.join("output.log"))
+        .map_err(io("creating", ws.path.join("output.log")))?;
+    let private = ws.path.join("apt-cache");
+    let shared_archives = run.pkgcache.join("cache/apt/archives");
+    mkosi_distro::apt::prepare_private_cache(&run.metadata_dir.join("cache/apt"), &shared_archives, &private)?;
+    let failed = AtomicBool::new(false);
+    let initrd_host = host.clone();
+
+    std::thread::scope(|s| {
+        let thread_capture = std::sync::Arc::clone(&capture);
+        let (failed_ref, ws_path, private_ref, archives_ref) = (&failed, &ws.path, &private, &shared_archives);
+        let handle = s.spawn(move || {
+            let _guard = mkosi_sandbox::run::capture_output(thread_capture);
+            let (r, timings) = run.build_in(&initrd_host, initrd, ws_path, Some(private_ref.clone()), None);
+            // Whatever happened, keep what was downloaded.
+            let linked = mkosi_distro::apt::link_back_archives(&private_ref.join("archives"), archives_ref);
+            let r = r.and_then(|()| {
+                let n = linked?;
+                log::debug(&format!("Added {n} downloaded packages to the package cache"));
+                Ok(())
+            });
+            if r.is_err() {
+                failed_ref.store(true, Ordering::SeqCst);
+            }
+            (r, timings)
+        });
+        let concurrent = Concurrent {
+            run,
+            config: initrd,
+            handle: std::sync::Mutex::new(Some(handle)),
+            failed: &failed,
+            capture: std::sync::Arc::clone(&capture),
+        };
+        let (r, timings) = match Workspace::new(run.run_dir, run.args.debug_workspace) {
+            Ok(ws) => run.build_in(host, next, &ws.path, None, Some(&concurrent)),
+            Err(e) => (Err(e), log::Timings::default()),
+        };
+        if r.is_err() {
+            // Stop the initrd build before its next step or command, and wait for it.
+            capture.cancel();
+        }
+        let initrd_result = context::Dependency::wait(&concurrent);
+        r?;
+        initrd_result?;
+        run.report(next, &timings);
+        Ok(())
+    })
 }
 
 fn human_size(p: &Path) -> String {
@@ -451,5 +699,166 @@ mod tests {
         // mkosi-initrd as root: the system's package cache and metadata.
         assert!(check(json!({"CacheOnly": "metadata", "PackageCacheDirectory": "/var"})).is_ok());
         assert!(check(json!({"CacheOnly": "auto"})).is_ok());
+    }
+
+    fn image(name: &str, extra: serde_json::Value) -> Config {
+        let mut c = Config::from_values([
+            ("Image".to_string(), json!(name)),
+            ("Distribution".to_string(), json!("debian")),
+            ("Format".to_string(), json!("directory")),
+        ]);
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c.set(k, v.clone());
+        }
+        c
+    }
+
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        run_dir: PathBuf,
+        pkgcache: PathBuf,
+        package_dir: PathBuf,
+    }
+
+    fn dirs() -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("run");
+        let pkgcache = tmp.path().join("cache");
+        let package_dir = run_dir.join("packages");
+        std::fs::create_dir_all(&package_dir).unwrap();
+        std::fs::create_dir_all(pkgcache.join("cache/apt/archives")).unwrap();
+        Dirs { _tmp: tmp, run_dir, pkgcache, package_dir }
+    }
+
+    fn host(env: &[(&str, &str)]) -> Host {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Host::new(env, mkosi_config::enums::Architecture::X86_64, PathBuf::from("/"))
+    }
+
+    #[test]
+    fn default_initrd_builds_concurrently_only_when_safe() {
+        let d = dirs();
+        let mut args = Args::new(mkosi_config::Verb::Build, None);
+        let reason = |args: &Args, host: &Host, initrd: &Config, next: &Config| {
+            let run = Run {
+                args,
+                cwd: &d.run_dir,
+                run_dir: &d.run_dir,
+                metadata_dir: &d.pkgcache,
+                pkgcache: &d.pkgcache,
+                package_dir: &d.package_dir,
+            };
+            sequential_reason(&run, host, initrd, next)
+        };
+        let initrd = image(DEFAULT_INITRD, json!({}));
+        let main = image("main", json!({"Dependencies": [DEFAULT_INITRD]}));
+        let h = host(&[]);
+        assert_eq!(reason(&args, &h, &initrd, &main), None);
+
+        // Only the default initrd and an image that needs it.
+        assert!(reason(&args, &h, &initrd, &image("main", json!({}))).is_some());
+        assert!(reason(&args, &h, &image("other", json!({})), &main).is_some());
+        // Turned off for debugging.
+        assert!(reason(&args, &host(&[("MKOSI_SEQUENTIAL", "1")]), &initrd, &main).is_some());
+        assert_eq!(reason(&args, &host(&[("MKOSI_SEQUENTIAL", "0")]), &initrd, &main), None);
+        // Shared caches and local packages.
+        let incremental = image(DEFAULT_INITRD, json!({"Incremental": "yes", "CacheDirectory": "/var/cache/x"}));
+        assert!(reason(&args, &h, &incremental, &main).is_some());
+        let scripts = image("main", json!({"Dependencies": [DEFAULT_INITRD], "BuildScripts": ["/x.build"]}));
+        assert!(reason(&args, &h, &initrd, &scripts).is_some());
+        std::fs::write(d.package_dir.join("foo_1_all.deb"), b"").unwrap();
+        assert!(reason(&args, &h, &initrd, &main).is_some());
+        std::fs::remove_file(d.package_dir.join("foo_1_all.deb")).unwrap();
+        // The debug shell needs the terminal.
+        args.debug_shell = true;
+        assert!(reason(&args, &h, &initrd, &main).is_some());
+    }
+
+    /// A concurrent build that ends with `result`, and the steps of the image waiting for it.
+    fn with_concurrent(result: Result<()>, check: impl FnOnce(&Concurrent)) {
+        let d = dirs();
+        let args = Args::new(mkosi_config::Verb::Build, None);
+        let run = Run {
+            args: &args,
+            cwd: &d.run_dir,
+            run_dir: &d.run_dir,
+            metadata_dir: &d.pkgcache,
+            pkgcache: &d.pkgcache,
+            package_dir: &d.package_dir,
+        };
+        let initrd = image(DEFAULT_INITRD, json!({}));
+        let capture = mkosi_sandbox::run::Capture::create(&d.run_dir.join("output.log")).unwrap();
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let c = std::sync::Arc::clone(&capture);
+            let failed_ref = &failed;
+            let handle = s.spawn(move || {
+                let _g = mkosi_sandbox::run::capture_output(c);
+                log::step("Installing Debian");
+                if result.is_err() {
+                    failed_ref.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                (result, log::Timings::default())
+            });
+            // Let the build finish so `failed` is settled.
+            while !handle.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let concurrent = Concurrent {
+                run: &run,
+                config: &initrd,
+                handle: std::sync::Mutex::new(Some(handle)),
+                failed: &failed,
+                capture: std::sync::Arc::clone(&capture),
+            };
+            check(&concurrent);
+        });
+        // Its messages went to its log, not to this thread's output.
+        assert!(capture.contents().unwrap().contains("Installing Debian"));
+    }
+
+    #[test]
+    fn a_failed_concurrent_build_stops_the_image_waiting_for_it() {
+        use context::Dependency;
+        with_concurrent(Err(BuildError::msg("boom").in_step("Installing the distribution")), |c| {
+            assert!(c.failed());
+            let d = dirs();
+            let (args, config, h) = (Args::new(mkosi_config::Verb::Build, None), image("main", json!({})), host(&[]));
+            let mut ctx = Context::new(
+                &args,
+                &config,
+                &h,
+                d.run_dir.join("ws"),
+                d.pkgcache.clone(),
+                d.pkgcache.clone(),
+                d.package_dir.clone(),
+                d.run_dir.clone(),
+            )
+            .unwrap();
+            ctx.dependency = Some(c);
+            let mut ran = false;
+            let e = pipeline::step(&mut ctx, "Generating locales", |_| {
+                ran = true;
+                Ok(())
+            })
+            .unwrap_err();
+            assert!(!ran);
+            // The error names the step of the initrd build and its image.
+            assert_eq!(e.to_string(), "Installing the distribution (default-initrd image) failed: boom");
+            // Reported once; the build is joined.
+            assert!(c.wait().is_ok());
+            assert!(c.handle.lock().unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn a_successful_concurrent_build_is_waited_for_once() {
+        use context::Dependency;
+        with_concurrent(Ok(()), |c| {
+            assert!(!c.failed());
+            assert!(c.wait().is_ok());
+            assert!(c.wait().is_ok());
+            assert!(c.handle.lock().unwrap().is_none());
+        });
     }
 }

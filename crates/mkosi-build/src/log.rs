@@ -28,25 +28,31 @@ fn bold(s: &str) -> String {
     }
 }
 
+/// Show a line: on stderr, or in the log of the current thread when its
+/// output is captured (a build running next to another one).
+fn emit(line: &str) {
+    mkosi_sandbox::run::emit(line);
+}
+
 /// A top-level header (`‣ Building main image`).
 pub fn header(text: &str) {
-    eprintln!("{}", bold(&format!("‣ {text}")));
+    emit(&bold(&format!("‣ {text}")));
 }
 
 /// A step header (`‣  Installing Debian`).
 pub fn step(text: &str) {
-    eprintln!("{}", bold(&format!("‣  {text}")));
+    emit(&bold(&format!("‣  {text}")));
 }
 
 /// A plain notice.
 pub fn info(text: &str) {
-    eprintln!("{text}");
+    emit(text);
 }
 
 /// A message shown with `--debug`.
 pub fn debug(text: &str) {
     if DEBUG.load(Ordering::Relaxed) {
-        eprintln!("{text}");
+        emit(text);
     }
 }
 
@@ -62,9 +68,9 @@ pub fn set_debug(on: bool) {
 
 pub fn warn(text: &str) {
     if styled() {
-        eprintln!("\x1b[33;1m‣ {text}\x1b[0m");
+        emit(&format!("\x1b[33;1m‣ {text}\x1b[0m"));
     } else {
-        eprintln!("‣ {text}");
+        emit(&format!("‣ {text}"));
     }
 }
 
@@ -81,7 +87,7 @@ impl Timings {
         let r = f();
         let elapsed = start.elapsed();
         if timing() {
-            eprintln!("‣  {name} took {:.3}s", elapsed.as_secs_f64());
+            emit(&format!("‣  {name} took {:.3}s", elapsed.as_secs_f64()));
         }
         self.steps.push((name.to_string(), elapsed));
         r

@@ -67,7 +67,12 @@ pub(crate) fn pm_env(ctx: &Context) -> Result<PmEnv> {
         repository: ctx.repository(),
         base: ctx.sandbox(true, false)?,
         environment: ctx.environment(),
-        progress: crate::progress::package_manager_progress(),
+        // A build whose output is captured (running next to another one) draws no progress bars.
+        progress: match mkosi_sandbox::run::current_capture() {
+            Some(_) => None,
+            None => crate::progress::package_manager_progress(),
+        },
+        private_cache: ctx.private_apt_cache.clone(),
     })
 }
 
@@ -345,9 +350,13 @@ pub fn normalize_mtime(root: &Path, epoch: Option<i64>) -> Result<()> {
 }
 
 /// Run one named step, recording its duration and naming it in errors.
-fn step(ctx: &mut Context, name: &str, f: impl FnOnce(&Context) -> Result<()>) -> Result<()> {
+pub(crate) fn step(ctx: &mut Context, name: &str, f: impl FnOnce(&Context) -> Result<()>) -> Result<()> {
     if mkosi_sandbox::run::interrupted() {
         return Err(BuildError::msg("Interrupted").in_step(name));
+    }
+    // An image this one depends on failed while building concurrently: stop with its error.
+    if let Some(dependency) = ctx.dependency.filter(|d| d.failed()) {
+        dependency.wait()?;
     }
     let mut timings = std::mem::take(&mut ctx.timings);
     let r = timings.step(name, || f(ctx));
@@ -466,6 +475,10 @@ pub fn build_image(ctx: &mut Context) -> Result<()> {
         partitions = crate::disk::make_disk(ctx, crate::disk::Pass::Initial)?;
         Ok(())
     })?;
+    // The initrds are read from here on: an image building them concurrently must be done.
+    if let Some(dependency) = ctx.dependency {
+        step(ctx, "Waiting for the images this one depends on", |_| dependency.wait())?;
+    }
     step(ctx, "Installing kernels", |ctx| crate::boot::install_kernel(ctx, &partitions))?;
     step(ctx, "Clamping modification times of /boot and /efi", |ctx| {
         let epoch = ctx.config.int("SourceDateEpoch");

@@ -19,7 +19,7 @@ pub enum DetectedDistribution {
     Other(String),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Host {
     env: Vec<(String, String)>,
     env_map: HashMap<String, String>,

@@ -166,6 +166,11 @@ impl<'a> Apt<'a> {
             o(opt.to_string());
         }
         o(format!("Dir::Bin::DPkg={}", dpkg.display()));
+        if self.env.private_cache.is_some() {
+            // The binary cache depends on the image's dpkg status: keep it in
+            // memory rather than writing it for every run.
+            o("Dir::Cache::pkgcache=".to_string());
+        }
         for opt in [
             "Debug::NoLocking=true",
             "DPkg::Options::=--root=/buildroot",
@@ -217,8 +222,12 @@ impl<'a> Apt<'a> {
             o.ops.push(bind(mirror, mirror, true, true));
         }
         o.ops.push(bind(env.metadata_dir.join("lib/apt/lists"), "/var/lib/apt/lists", false, true));
-        o.ops.push(bind(env.metadata_dir.join("cache/apt"), "/var/cache/apt", false, true));
-        if env.metadata_dir != env.package_cache_dir {
+        if let Some(private) = &env.private_cache {
+            o.ops.push(bind(private, "/var/cache/apt", false, true));
+        } else {
+            o.ops.push(bind(env.metadata_dir.join("cache/apt"), "/var/cache/apt", false, true));
+        }
+        if env.private_cache.is_none() && env.metadata_dir != env.package_cache_dir {
             let archives = env.package_cache_dir.join("cache/apt/archives");
             if archives.exists() {
                 o.ops.push(bind(archives, "/var/cache/apt/archives", false, true));
@@ -450,7 +459,11 @@ impl<'a> Apt<'a> {
             .filter(|l| !l.is_empty())
             .map(|l| {
                 let p = Path::new(l);
-                if let Ok(rel) = p.strip_prefix("/var/cache") {
+                let private =
+                    self.env.private_cache.as_deref().and_then(|c| Some((c, p.strip_prefix("/var/cache/apt").ok()?)));
+                if let Some((cache, rel)) = private {
+                    cache.join(rel)
+                } else if let Ok(rel) = p.strip_prefix("/var/cache") {
                     self.env.package_cache_dir.join("cache").join(rel)
                 } else if let Ok(rel) = p.strip_prefix("/repository") {
                     self.env.repository.join(rel)
@@ -485,6 +498,78 @@ impl<'a> Apt<'a> {
     }
 }
 
+/// The downloaded packages directly in `dir` (regular files named `*.deb`).
+fn cached_debs(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("reading", dir))? {
+        let entry = entry.map_err(io("reading", dir))?;
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        if !text.ends_with(".deb") || text.starts_with('.') {
+            continue;
+        }
+        if entry.file_type().map_err(io("reading", entry.path()))?.is_file() {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// Set up `private` as the apt cache directory (`/var/cache/apt`) of a build
+/// that runs while another build uses the shared caches: `archives/` holds
+/// hard links of the packages in `shared_archives` (so nothing is downloaded
+/// twice, and the other build's apt never sees this one's partial
+/// downloads), and the source package cache of `shared_cache` is copied (apt
+/// may rewrite it; the shared one stays untouched). `private` must be on the
+/// file system of `shared_archives`.
+pub fn prepare_private_cache(shared_cache: &Path, shared_archives: &Path, private: &Path) -> Result<()> {
+    let archives = private.join("archives");
+    let partial = archives.join("partial");
+    std::fs::create_dir_all(&partial).map_err(io("creating", &partial))?;
+    if shared_archives.is_dir() {
+        for (name, path) in cached_debs(shared_archives)? {
+            let dst = archives.join(&name);
+            match std::fs::hard_link(&path, &dst) {
+                Ok(()) => {}
+                // Removed in the meantime (or already there): apt downloads it again if needed.
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists) => {}
+                Err(e) => return Err(io("linking", &dst)(e)),
+            }
+        }
+    }
+    let src = shared_cache.join("srcpkgcache.bin");
+    if src.is_file() {
+        let dst = private.join("srcpkgcache.bin");
+        std::fs::copy(&src, &dst).map_err(io("copying", &src))?;
+    }
+    Ok(())
+}
+
+/// Hand the packages a private cache ([`prepare_private_cache`]) downloaded
+/// to the shared cache: each `.deb` of `private_archives` missing in
+/// `shared_archives` is hard-linked there. `link()` never replaces a file,
+/// so a package the other build stored meanwhile is kept, and no reader ever
+/// sees a partial file. Returns the number of packages added.
+pub fn link_back_archives(private_archives: &Path, shared_archives: &Path) -> Result<usize> {
+    if !private_archives.is_dir() {
+        return Ok(0);
+    }
+    std::fs::create_dir_all(shared_archives).map_err(io("creating", shared_archives))?;
+    let mut added = 0;
+    for (name, path) in cached_debs(private_archives)? {
+        let dst = shared_archives.join(&name);
+        if std::fs::symlink_metadata(&dst).is_ok() {
+            continue;
+        }
+        match std::fs::hard_link(&path, &dst) {
+            Ok(()) => added += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("linking", &dst)(e)),
+        }
+    }
+    Ok(added)
+}
+
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", p))
@@ -512,6 +597,91 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["a_1_all.deb", "b_1_all.deb", "c.ddeb"]);
+    }
+
+    #[test]
+    fn private_cache_links_packages_both_ways() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared/cache/apt");
+        let archives = shared.join("archives");
+        std::fs::create_dir_all(archives.join("partial")).unwrap();
+        std::fs::write(archives.join("a_1_amd64.deb"), b"a").unwrap();
+        std::fs::write(archives.join("partial/b_1_amd64.deb"), b"half").unwrap();
+        std::fs::write(archives.join("lock"), b"").unwrap();
+        std::fs::write(shared.join("srcpkgcache.bin"), b"cache").unwrap();
+
+        let private = dir.path().join("ws/apt-cache");
+        prepare_private_cache(&shared, &archives, &private).unwrap();
+        let pa = private.join("archives");
+        assert!(pa.join("partial").is_dir());
+        // Linked, not copied; partial downloads and other files stay out.
+        assert_eq!(
+            std::fs::metadata(pa.join("a_1_amd64.deb")).unwrap().ino(),
+            std::fs::metadata(archives.join("a_1_amd64.deb")).unwrap().ino()
+        );
+        assert!(!pa.join("partial/b_1_amd64.deb").exists());
+        assert!(!pa.join("lock").exists());
+        // The source cache is a copy: rewriting it leaves the shared one alone.
+        std::fs::write(private.join("srcpkgcache.bin"), b"rewritten").unwrap();
+        assert_eq!(std::fs::read(shared.join("srcpkgcache.bin")).unwrap(), b"cache");
+
+        // New downloads go back; what the shared cache got meanwhile is kept.
+        std::fs::write(pa.join("c_1_amd64.deb"), b"c").unwrap();
+        std::fs::write(pa.join("d_1_amd64.deb"), b"private d").unwrap();
+        std::fs::write(archives.join("d_1_amd64.deb"), b"shared d").unwrap();
+        std::fs::write(pa.join("partial/e_1_amd64.deb"), b"half").unwrap();
+        assert_eq!(link_back_archives(&pa, &archives).unwrap(), 1);
+        assert_eq!(std::fs::read(archives.join("c_1_amd64.deb")).unwrap(), b"c");
+        assert_eq!(std::fs::read(archives.join("d_1_amd64.deb")).unwrap(), b"shared d");
+        assert!(!archives.join("partial/e_1_amd64.deb").exists());
+        // Removing the private cache (the workspace) keeps the linked packages.
+        std::fs::remove_dir_all(&private).unwrap();
+        assert_eq!(std::fs::read(archives.join("c_1_amd64.deb")).unwrap(), b"c");
+        assert_eq!(link_back_archives(&pa, &archives).unwrap(), 0);
+    }
+
+    #[test]
+    fn private_cache_is_mounted_and_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_values([("Distribution".to_string(), serde_json::json!("debian"))]);
+        let mut env = PmEnv {
+            root: dir.path().join("root"),
+            sandbox_tree: dir.path().join("sandbox"),
+            metadata_dir: dir.path().join("meta"),
+            package_cache_dir: dir.path().join("pkgcache"),
+            repository: dir.path().join("repo"),
+            base: Options::default(),
+            environment: vec![],
+            progress: None,
+            private_cache: None,
+        };
+        let mounts = |env: &PmEnv| -> Vec<(PathBuf, PathBuf)> {
+            Apt::new(&config, env)
+                .sandbox(false, vec![])
+                .ops
+                .into_iter()
+                .filter_map(|op| match op {
+                    FsOp::Bind { src, dst, .. } if dst.starts_with("/var/cache/apt") => Some((src, dst)),
+                    _ => None,
+                })
+                .collect()
+        };
+        std::fs::create_dir_all(dir.path().join("pkgcache/cache/apt/archives")).unwrap();
+        assert_eq!(
+            mounts(&env),
+            vec![
+                (dir.path().join("meta/cache/apt"), PathBuf::from("/var/cache/apt")),
+                (dir.path().join("pkgcache/cache/apt/archives"), PathBuf::from("/var/cache/apt/archives")),
+            ]
+        );
+        let argv = Apt::new(&config, &env).cmd("apt-get").unwrap();
+        assert!(!argv.iter().any(|a| a.starts_with("Dir::Cache::pkgcache")));
+
+        env.private_cache = Some(dir.path().join("ws/apt-cache"));
+        assert_eq!(mounts(&env), vec![(dir.path().join("ws/apt-cache"), PathBuf::from("/var/cache/apt"))]);
+        let argv = Apt::new(&config, &env).cmd("apt-get").unwrap();
+        assert!(argv.iter().any(|a| a == "Dir::Cache::pkgcache="), "{argv:?}");
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct PmEnv {
     pub environment: Vec<(String, String)>,
     /// Where to report progress; `None` lets the package manager print its own output.
     pub progress: Option<Progress>,
+    /// A package manager cache directory of this build alone (apt: mounted
+    /// at `/var/cache/apt`, see [`apt::prepare_private_cache`]), for a build
+    /// that runs concurrently with another one using the same caches.
+    pub private_cache: Option<PathBuf>,
 }
 
 /// A phase of a package manager run, for progress display.

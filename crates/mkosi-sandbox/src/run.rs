@@ -3,6 +3,7 @@
 //! stderr to the user while keeping its tail, and failing with an error that
 //! carries the command line, the exit status and that tail.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,9 +37,130 @@ pub fn install_signal_handlers() {
     }
 }
 
-/// Whether mkosi was asked to stop.
+/// Whether mkosi was asked to stop, or the current thread's build was
+/// cancelled (see [`Capture::cancel`]).
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    INTERRUPTED.load(Ordering::SeqCst) || current_capture().is_some_and(|c| c.cancelled())
+}
+
+/// The output of a build that runs on a thread of its own next to another
+/// one (mkosi's own messages and everything the commands it runs print),
+/// kept in a log file instead of going to the terminal, so the two builds
+/// do not interleave their output. The messages ([`emit`]) are also kept
+/// apart, to be shown without the commands' output.
+#[derive(Debug)]
+pub struct Capture {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    notices: Mutex<Vec<String>>,
+    cancelled: AtomicBool,
+}
+
+impl Capture {
+    /// Capture into `path` (created or truncated; appended to by every writer).
+    pub fn create(path: &Path) -> std::io::Result<Arc<Capture>> {
+        std::fs::File::create(path)?;
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        Ok(Arc::new(Capture {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            notices: Mutex::new(Vec::new()),
+            cancelled: AtomicBool::new(false),
+        }))
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append raw output to the log.
+    pub fn write(&self, bytes: &[u8]) {
+        if let Ok(mut f) = self.file.lock() {
+            let _ = f.write_all(bytes);
+        }
+    }
+
+    /// A message for the user: appended to the log and kept as a notice.
+    pub fn notice(&self, line: &str) {
+        self.write(format!("{line}\n").as_bytes());
+        if let Ok(mut n) = self.notices.lock() {
+            n.push(line.to_string());
+        }
+    }
+
+    /// The messages so far, without the commands' output.
+    pub fn notices(&self) -> Vec<String> {
+        self.notices.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// Everything captured so far.
+    pub fn contents(&self) -> std::io::Result<String> {
+        let bytes = std::fs::read(&self.path)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Ask the build writing to this capture to stop: [`interrupted`] is true
+    /// on its thread from now on, so it fails before its next step or command.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// A file descriptor appending to the log, for a child's output.
+    fn stdio(&self) -> std::io::Result<Stdio> {
+        let file = self.file.lock().map_err(|_| std::io::Error::other("capture lock poisoned"))?;
+        Ok(Stdio::from(file.try_clone()?))
+    }
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Option<Arc<Capture>>> = const { RefCell::new(None) };
+}
+
+/// Restores the previous capture of the thread when dropped.
+#[must_use]
+pub struct CaptureGuard {
+    previous: Option<Arc<Capture>>,
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CAPTURE.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// Send the output of the current thread (messages and the output of the
+/// commands it runs) to `capture` until the guard is dropped.
+pub fn capture_output(capture: Arc<Capture>) -> CaptureGuard {
+    let previous = CAPTURE.with(|c| c.borrow_mut().replace(capture));
+    CaptureGuard { previous }
+}
+
+/// The capture of the current thread, if its output is captured.
+pub fn current_capture() -> Option<Arc<Capture>> {
+    CAPTURE.with(|c| c.borrow().clone())
+}
+
+/// Show a message: on stderr, or in the current thread's capture.
+pub fn emit(line: &str) {
+    match current_capture() {
+        Some(c) => c.notice(line),
+        None => eprintln!("{line}"),
+    }
+}
+
+/// Show command output-like text (e.g. `--debug` command lines): on stderr,
+/// or in the current thread's capture log only (not as a notice).
+fn emit_output(line: &str) {
+    match current_capture() {
+        Some(c) => c.write(format!("{line}\n").as_bytes()),
+        None => eprintln!("{line}"),
+    }
 }
 
 /// Log every command line (`--debug`).
@@ -236,10 +358,10 @@ fn base_command(cmd: &Cmd, argv: &[String]) -> Command {
             c.args(options.to_args());
             c.args(argv);
             if DEBUG.load(Ordering::Relaxed) {
-                eprintln!(
+                emit_output(&format!(
                     "+ mkosi-sandbox {} {display}",
                     options.to_args().iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
-                );
+                ));
             }
             c
         }
@@ -247,7 +369,7 @@ fn base_command(cmd: &Cmd, argv: &[String]) -> Command {
             let mut c = Command::new(argv.first().map(String::as_str).unwrap_or("true"));
             c.args(argv.iter().skip(1));
             if DEBUG.load(Ordering::Relaxed) {
-                eprintln!("+ {display}");
+                emit_output(&format!("+ {display}"));
             }
             c
         }
@@ -329,6 +451,7 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
         return run_interactive(cmd, display);
     }
 
+    let capture = current_capture();
     let mut command = base_command(cmd, &cmd.argv);
     command.stdin(match &cmd.stdin {
         Input::Null => Stdio::null(),
@@ -341,7 +464,14 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
         })?),
     });
     command.stdout(match &cmd.stdout {
-        Sink::Inherit => Stdio::inherit(),
+        Sink::Inherit => match &capture {
+            Some(c) => c.stdio().map_err(|e| RunError::Io {
+                command: display.clone(),
+                what: format!("opening {}", c.path().display()),
+                source: e,
+            })?,
+            None => Stdio::inherit(),
+        },
         Sink::Capture => Stdio::piped(),
         Sink::Null => Stdio::null(),
         Sink::File(p) => Stdio::from(std::fs::File::create(p).map_err(|e| RunError::Io {
@@ -393,6 +523,7 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
     let stderr_thread = child.stderr.take().map(|stderr| {
         let tail = Arc::clone(&tail);
         let quiet = cmd.quiet;
+        let capture = capture.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stderr);
             let mut line = Vec::new();
@@ -402,7 +533,12 @@ pub fn run(cmd: &Cmd) -> Result<Output, RunError> {
                     break;
                 }
                 if !quiet {
-                    let _ = err.write_all(&line);
+                    match &capture {
+                        Some(c) => c.write(&line),
+                        None => {
+                            let _ = err.write_all(&line);
+                        }
+                    }
                 }
                 if let Ok(mut t) = tail.lock() {
                     t.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
@@ -516,6 +652,62 @@ mod tests {
         let e = run(&Cmd::new(["sh", "-c", "exit 5"]).quiet()).unwrap_err();
         set_debug_shell(false);
         assert_eq!(e.code(), Some(5));
+    }
+
+    #[test]
+    fn captured_output_goes_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let capture = Capture::create(&dir.path().join("out.log")).unwrap();
+        let c = Arc::clone(&capture);
+        std::thread::spawn(move || {
+            let _guard = capture_output(c);
+            emit("‣ A step");
+            run(&Cmd::new(["sh", "-c", "echo to-stdout; echo to-stderr >&2"])).unwrap();
+            // Captured output is still returned when asked for, and quiet stays quiet.
+            let out = run(&Cmd::new(["sh", "-c", "echo kept; echo hidden >&2"]).stdout(Sink::Capture).quiet()).unwrap();
+            assert_eq!(out.stdout, b"kept\n");
+            assert_eq!(out.stderr_tail, "hidden");
+            emit("‣ Another step");
+        })
+        .join()
+        .unwrap();
+        let log = capture.contents().unwrap();
+        assert_eq!(log, "‣ A step\nto-stdout\nto-stderr\n‣ Another step\n");
+        assert_eq!(capture.notices(), vec!["‣ A step".to_string(), "‣ Another step".to_string()]);
+        // Other threads are not captured.
+        assert!(current_capture().is_none());
+    }
+
+    #[test]
+    fn capture_guard_restores_and_cancel_is_per_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let outer = Capture::create(&dir.path().join("outer.log")).unwrap();
+        let inner = Capture::create(&dir.path().join("inner.log")).unwrap();
+        let (o, i) = (Arc::clone(&outer), Arc::clone(&inner));
+        std::thread::spawn(move || {
+            let _g = capture_output(o);
+            {
+                let _g = capture_output(i);
+                emit("inner");
+                inner_cancel_check();
+            }
+            emit("outer");
+            assert!(!interrupted());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(outer.notices(), vec!["outer".to_string()]);
+        assert_eq!(inner.notices(), vec!["inner".to_string()]);
+        assert!(!interrupted());
+
+        fn inner_cancel_check() {
+            let c = current_capture().unwrap();
+            assert!(!interrupted());
+            c.cancel();
+            assert!(interrupted());
+            let e = run(&Cmd::new(["true"])).unwrap_err();
+            assert!(matches!(e, RunError::Interrupted { .. }));
+        }
     }
 
     #[test]
