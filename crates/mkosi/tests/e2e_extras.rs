@@ -13,49 +13,14 @@
 //! `MKOSI_E2E_KEEP=1` work the same way. Host tools: dpkg-deb, apt-ftparchive
 //! (apt-utils), gpg, sha256sum, tar and zstd.
 
+mod common;
+
+use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
-use std::time::Instant;
-
-const SOURCES: &str = "\
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie trixie-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: http://deb.debian.org/debian-security
-Suites: trixie-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-";
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 const DISTRIBUTION: &str = "[Distribution]\nDistribution=debian\nRelease=trixie\n\n";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn enabled(test: &str) -> bool {
-    if std::env::var("MKOSI_E2E").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipping {test}: set MKOSI_E2E=1 to run the end-to-end builds (they need network and root)");
-    false
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn package_cache() -> PathBuf {
-    let p = std::env::var_os("MKOSI_E2E_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/mkosi-ci/debian~trixie~x86-64"));
-    std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating the package cache {}: {e}", p.display()));
-    p
-}
 
 fn require_tools(tools: &[(&str, &str)]) {
     for (tool, package) in tools {
@@ -66,63 +31,10 @@ fn require_tools(tools: &[(&str, &str)]) {
     }
 }
 
-/// A scratch directory per test, removed at the end unless `MKOSI_E2E_KEEP=1`.
-struct Scratch {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let base = std::env::var_os("MKOSI_E2E_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::Builder::new().prefix(&format!("mkosi-e2e-{name}-")).tempdir_in(&base).unwrap();
-        #[allow(deprecated)]
-        let path = dir.into_path();
-        let keep = std::env::var("MKOSI_E2E_KEEP").as_deref() == Ok("1");
-        if keep {
-            eprintln!("keeping scratch directory {}", path.display());
-        }
-        Scratch { path, keep }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.keep {
-            // Image trees contain read-only directories; make them removable.
-            let _ = Command::new("chmod").arg("-R").arg("u+rwX").arg(&self.path).status();
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-fn write(dir: &Path, rel: &str, content: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, content).unwrap();
-}
-
 fn executable(dir: &Path, rel: &str, content: &str) {
     use std::os::unix::fs::PermissionsExt;
     write(dir, rel, content);
     std::fs::set_permissions(dir.join(rel), std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn run(mut cmd: Command, what: &str) -> Output {
-    let start = Instant::now();
-    let o = cmd.output().unwrap_or_else(|e| panic!("running {what}: {e}"));
-    eprintln!("{what}: {} in {:.1}s", o.status, start.elapsed().as_secs_f64());
-    o
 }
 
 fn mkosi_cmd(dir: &Path, args: &[&str]) -> Command {
@@ -133,14 +45,6 @@ fn mkosi_cmd(dir: &Path, args: &[&str]) -> Command {
         .args(args)
         .stdin(Stdio::null());
     cmd
-}
-
-fn mkosi(dir: &Path, args: &[&str]) -> Output {
-    run(mkosi_cmd(dir, args), &format!("mkosi {}", args.join(" ")))
-}
-
-fn assert_success(o: &Output) {
-    assert!(o.status.success(), "mkosi failed ({}):\n{}", o.status, tail(&text(o), 80));
 }
 
 /// A configuration directory: mkosi.conf and the sandbox tree with sources
@@ -212,7 +116,7 @@ fn manifest_and_signed_checksums() {
     require_tools(&[("gpg", "gnupg"), ("sha256sum", "coreutils"), ("tar", "tar"), ("zstd", "zstd")]);
     let _lock = serial();
     let s = Scratch::new("manifest-signed");
-    let dir = s.path.as_path();
+    let dir = s.path();
 
     // A throwaway signing key.
     let gnupghome = dir.join("gnupg");
@@ -306,7 +210,7 @@ fn local_packages_volatile_packages_and_base_trees() {
     require_tools(&[("dpkg-deb", "dpkg"), ("apt-ftparchive", "apt-utils")]);
     let _lock = serial();
     let s = Scratch::new("local-packages");
-    let root = s.path.as_path();
+    let root = s.path();
 
     // The base image: a package from PackageDirectories=, and a volatile
     // package a build script puts into $PACKAGEDIR (a newer version than the
@@ -394,7 +298,7 @@ fn disk_image_base_tree() {
     }
     let _lock = serial();
     let s = Scratch::new("raw-base-tree");
-    let dir = s.path.as_path();
+    let dir = s.path();
     config_tree(dir, "[Output]\nFormat=directory\n\n[Content]\nBaseTrees=base.raw\n");
     let dissect = ["/usr/bin/systemd-dissect", "/usr/sbin/systemd-dissect", "/usr/local/bin/systemd-dissect"]
         .iter()
@@ -427,7 +331,7 @@ fn box_runs_commands_with_the_host_system() {
         return;
     }
     let s = Scratch::new("box");
-    let dir = s.path.as_path();
+    let dir = s.path();
     config_tree(dir, "");
 
     let o = mkosi(dir, &["box", "--", "cat", "/etc/os-release"]);
@@ -470,7 +374,7 @@ fn debug_shell_opens_in_the_failed_sandbox() {
     }
     let _lock = serial();
     let s = Scratch::new("debug-shell");
-    let dir = s.path.as_path();
+    let dir = s.path();
     config_tree(dir, "[Output]\nFormat=directory\n");
     executable(dir, "mkosi.sync", "#!/bin/sh\nexit 3\n");
 
