@@ -48,12 +48,7 @@ pub struct Options {
 }
 
 /// What the command line asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invocation {
-    Build(Options),
-    Help(String),
-    Version,
-}
+pub type Invocation = crate::initrd_tool::Invocation<Options>;
 
 fn command(default_kernel_version: &str) -> clap::Command {
     let flag = |id: &'static str, help: &'static str| Arg::new(id).long(id).action(ArgAction::SetTrue).help(help);
@@ -180,25 +175,13 @@ pub fn mkosi_args(opts: &Options, host: &Host, staging: &Path, scratch: &Path) -
 /// Run `mkosi-addon` with `args` (without argv\[0\]).
 pub fn main(args: &[OsString]) -> Result<()> {
     let host = Host::system();
-    let opts = match parse(args, &host.kernel_release) {
-        Ok(Invocation::Build(o)) => o,
-        Ok(Invocation::Help(h)) => {
-            print!("{h}");
-            return Ok(());
-        }
-        Ok(Invocation::Version) => {
-            println!("mkosi {}", mkosi_config::MKOSI_VERSION);
-            return Ok(());
-        }
-        Err(e) => {
-            let _ = e.print();
-            return Err(crate::Exit(2).into());
-        }
-    };
-    if opts.show_documentation {
-        return crate::docs::show_manual(MANUAL, "MKOSI-ADDON", true);
-    }
-    run(&opts, &host)
+    crate::initrd_tool::tool_main(
+        parse(args, &host.kernel_release),
+        MANUAL,
+        "MKOSI-ADDON",
+        |o| o.show_documentation,
+        |o| run(o, &host),
+    )
 }
 
 /// Build the addon `opts` describes on `host`.

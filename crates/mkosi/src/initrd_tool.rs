@@ -85,12 +85,42 @@ pub struct Options {
     pub show_summary: bool,
 }
 
-/// What the command line asks for.
+/// What the command line of a multi-call tool (`mkosi-initrd`, `mkosi-addon`) asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invocation {
-    Build(Options),
+pub enum Invocation<O = Options> {
+    Build(O),
     Help(String),
     Version,
+}
+
+/// The `main` the multi-call tools share: help, version and usage errors (exit status 2),
+/// `--show-documentation` (the tool's `manual`, titled `title`), else `run`.
+pub(crate) fn tool_main<O>(
+    parsed: std::result::Result<Invocation<O>, clap::Error>,
+    manual: &str,
+    title: &str,
+    show_documentation: impl Fn(&O) -> bool,
+    run: impl FnOnce(&O) -> Result<()>,
+) -> Result<()> {
+    let opts = match parsed {
+        Ok(Invocation::Build(o)) => o,
+        Ok(Invocation::Help(h)) => {
+            print!("{h}");
+            return Ok(());
+        }
+        Ok(Invocation::Version) => {
+            println!("mkosi {}", mkosi_config::MKOSI_VERSION);
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = e.print();
+            return Err(crate::Exit(2).into());
+        }
+    };
+    if show_documentation(&opts) {
+        return crate::docs::show_manual(manual, title, true);
+    }
+    run(&opts)
 }
 
 /// The parts of the host the tool reads.
@@ -625,25 +655,7 @@ fn host_dnf() -> Option<OsString> {
 /// Run `mkosi-initrd` with `args` (without argv\[0\]).
 pub fn main(args: &[OsString]) -> Result<()> {
     let host = Host::system();
-    let opts = match parse(args, &host.kernel_release) {
-        Ok(Invocation::Build(o)) => o,
-        Ok(Invocation::Help(h)) => {
-            print!("{h}");
-            return Ok(());
-        }
-        Ok(Invocation::Version) => {
-            println!("mkosi {}", mkosi_config::MKOSI_VERSION);
-            return Ok(());
-        }
-        Err(e) => {
-            let _ = e.print();
-            return Err(crate::Exit(2).into());
-        }
-    };
-    if opts.show_documentation {
-        return crate::docs::show_manual(MANUAL, "MKOSI-INITRD", true);
-    }
-    run(&opts, &host)
+    tool_main(parse(args, &host.kernel_release), MANUAL, "MKOSI-INITRD", |o| o.show_documentation, |o| run(o, &host))
 }
 
 /// Build the initrd `opts` describes on `host`.
