@@ -118,8 +118,18 @@ fn make_cpio(ctx: &Context, dst: &Path) -> Result<()> {
     // SAFETY: getuid has no preconditions.
     let owner_root = unsafe { libc::getuid() } != 0;
     cpio::write_tree(&root, &mut f, CpioOptions { owner_root, mtime_clamp: None })
-        .map_err(|e| BuildError::msg(e.to_string()))?;
+        .map_err(|e| BuildError::msg(format!("Archiving {}: {e}", root.display())))?;
     Ok(())
+}
+
+/// The image as a cpio archive compressed with `CompressOutput=`, in `dir`: the initrd of
+/// `Format=uki` (and bootable `Format=esp`) UKIs and of `Format=addon` addons.
+pub(crate) fn compressed_tree_cpio(ctx: &Context, dir: &Path) -> Result<PathBuf> {
+    let cpio = dir.join("initrd.cpio");
+    make_cpio(ctx, &cpio)?;
+    let initrd = dir.join("initrd");
+    compress_file(&cpio, &initrd, compression(ctx)?, ctx.config.int("CompressLevel").unwrap_or(3) as i32)?;
+    Ok(initrd)
 }
 
 /// Compress `src` into `dst` (in place semantics: `src` is removed).

@@ -70,29 +70,11 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
 
 /// The tree as a cpio archive compressed with `CompressOutput=`, or `None` for an empty tree.
 fn tree_initrd(ctx: &Context) -> Result<Option<PathBuf>> {
-    let c = ctx.config;
     let root = ctx.root();
     if is_empty_dir(&root)? {
         return Ok(None);
     }
-    let scratch = ctx.scratch("addon")?;
-    let cpio = scratch.join("initrd.cpio");
-    {
-        let mut f = std::fs::File::create(&cpio).map_err(io("creating", &cpio))?;
-        // SAFETY: getuid has no preconditions.
-        let owner_root = unsafe { libc::getuid() } != 0;
-        mkosi_formats::cpio::write_tree(
-            &root,
-            &mut f,
-            mkosi_formats::cpio::CpioOptions { owner_root, mtime_clamp: None },
-        )
-        .map_err(|e| BuildError::msg(format!("Archiving {}: {e}", root.display())))?;
-    }
-    let algorithm =
-        mkosi_formats::compress::Algorithm::from_setting(c.compress_output().as_str()).map_err(BuildError::msg)?;
-    let initrd = scratch.join("initrd");
-    crate::outputs::compress_file(&cpio, &initrd, algorithm, c.int("CompressLevel").unwrap_or(3) as i32)?;
-    Ok(Some(initrd))
+    crate::outputs::compressed_tree_cpio(ctx, &ctx.scratch("addon")?).map(Some)
 }
 
 /// Builds the addon at `output` from `stub`.

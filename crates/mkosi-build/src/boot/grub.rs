@@ -28,7 +28,7 @@ use mkosi_formats::gpt;
 use mkosi_sandbox::run::{run, Cmd};
 use mkosi_sandbox::Options;
 
-use super::{bootloader, bootloader_is_signed, want_efi, want_uki};
+use super::{bootloader, bootloader_is_signed, mkdir_0700, want_efi, want_uki};
 use crate::context::Context;
 use crate::error::{io, BuildError, Result};
 use crate::log;
@@ -453,17 +453,6 @@ pub fn shim_sbat(root: &Path, efi_arch: &str) -> Result<Vec<u8>> {
         Ok(None) => Err(BuildError::msg(format!("{} has no .sbat section", signed.display()))),
         Err(e) => Err(BuildError::msg(format!("Reading the SBAT of {}: {e}", signed.display()))),
     }
-}
-
-fn mkdir_0700(p: &Path) -> Result<()> {
-    if p.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = p.parent() {
-        mkdir_0700(parent)?;
-    }
-    std::fs::create_dir(p).map_err(io("creating", p))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
 }
 
 /// Installs grub for BIOS and/or EFI (upstream's `install_grub`): the BIOS core image, the EFI

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mkosi_config::enums::{Feature, OutputFormat};
 use mkosi_formats::pe::KernelType;
 
-use super::{bootloader_is_signed, bootloader_is_uki, stub_path, want_efi, want_kernel, want_uki};
+use super::{bootloader_is_signed, bootloader_is_uki, mkdir_0700, stub_path, want_efi, want_kernel, want_uki};
 use crate::context::Context;
 use crate::error::{io, BuildError, Result};
 use crate::log;
@@ -24,19 +24,14 @@ pub struct Kernel {
     pub image: PathBuf,
 }
 
-/// What kind of PE binary (if any) `path` is.
+/// What kind of PE binary (if any) `path` is; unreadable files are [`KernelType::Unknown`].
 pub fn identify(path: &Path) -> KernelType {
-    match std::fs::read(path) {
-        Ok(bytes) => mkosi_formats::pe::kernel_type(&bytes),
-        Err(_) => KernelType::Unknown,
-    }
+    mkosi_formats::pe::kernel_type_of(path).unwrap_or(KernelType::Unknown)
 }
 
-/// The content of section `name` of the PE binary `bytes`.
-fn section_data(bytes: &[u8], name: &str) -> Option<Vec<u8>> {
-    let pe = mkosi_formats::pe::PeFile::parse(bytes).ok()?;
-    let s = pe.section(name)?;
-    Some(pe.section_data(bytes, s).to_vec())
+/// The content of section `name` of the PE binary at `path`, `None` when it has none.
+fn section(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    mkosi_formats::uki::extract_section(path, name).map_err(|e| BuildError::msg(e.to_string()))
 }
 
 fn sorted_names(dir: &Path) -> Vec<String> {
@@ -164,23 +159,6 @@ pub fn uki_name(format: Option<&str>, kver: &str, token: &str, roothash: Option<
     })
 }
 
-fn mkdir_0700(p: &Path) -> Result<()> {
-    let mut missing = Vec::new();
-    let mut cur = p;
-    while !cur.exists() {
-        missing.push(cur.to_path_buf());
-        match cur.parent() {
-            Some(parent) => cur = parent,
-            None => break,
-        }
-    }
-    for d in missing.iter().rev() {
-        std::fs::create_dir(d).map_err(io("creating", d))?;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", d))?;
-    }
-    Ok(())
-}
-
 fn copy_file_mode(src: &Path, dst: &Path, mode: u32) -> Result<()> {
     if let Some(parent) = dst.parent() {
         mkdir_0700(parent)?;
@@ -200,8 +178,7 @@ pub fn finalize_initrds(ctx: &Context) -> Vec<PathBuf> {
 /// The systemd-stub's version from its `.sdmagic` section (`#### LoaderInfo: systemd-stub
 /// <version> ####`), if it has one.
 pub fn stub_version(stub: &Path) -> Result<Option<String>> {
-    let bytes = std::fs::read(stub).map_err(io("reading", stub))?;
-    let Some(magic) = section_data(&bytes, ".sdmagic") else { return Ok(None) };
+    let Some(magic) = section(stub, ".sdmagic")? else { return Ok(None) };
     let text = String::from_utf8_lossy(&magic).trim_matches('\0').trim().to_string();
     if text.is_empty() {
         return Ok(None);
@@ -658,13 +635,11 @@ pub fn split_uki_path(ctx: &Context) -> Option<PathBuf> {
     ukis.first().map(|n| dir.join(n))
 }
 
-fn write_section(uki: &Path, section: &str, output: &Path) -> Result<bool> {
-    let bytes = std::fs::read(uki).map_err(io("reading", uki))?;
-    let Some(data) = section_data(&bytes, section) else {
-        return Err(BuildError::msg(format!("{} has no {section} section", uki.display())));
+fn write_section(uki: &Path, name: &str, output: &Path) -> Result<()> {
+    let Some(data) = section(uki, name)? else {
+        return Err(BuildError::msg(format!("{} has no {name} section", uki.display())));
     };
-    std::fs::write(output, data).map_err(io("writing", output))?;
-    Ok(true)
+    std::fs::write(output, data).map_err(io("writing", output))
 }
 
 /// Concatenates initrds, each padded to 4 bytes (upstream's `join_initrds`).
@@ -793,22 +768,7 @@ pub fn load_esp_components(ctx: &Context) -> Result<Option<EspComponents>> {
 /// `Format=esp`), upstream's `make_uki`. The command line is `KernelCommandLine=` alone.
 pub fn make_uki(ctx: &Context, comps: &EspComponents, output: &Path) -> Result<()> {
     let c = ctx.config;
-    let initrd = ctx.workspace.join("initrd");
-    {
-        let mut f = std::fs::File::create(&initrd).map_err(io("creating", &initrd))?;
-        // SAFETY: getuid has no preconditions.
-        let owner_root = unsafe { libc::getuid() } != 0;
-        mkosi_formats::cpio::write_tree(
-            &ctx.root(),
-            &mut f,
-            mkosi_formats::cpio::CpioOptions { owner_root, mtime_clamp: None },
-        )
-        .map_err(|e| BuildError::msg(e.to_string()))?;
-    }
-    let algorithm =
-        mkosi_formats::compress::Algorithm::from_setting(c.compress_output().as_str()).map_err(BuildError::msg)?;
-    let compressed = ctx.workspace.join("initrd.compressed");
-    crate::outputs::compress_file(&initrd, &compressed, algorithm, c.int("CompressLevel").unwrap_or(3) as i32)?;
+    let compressed = crate::outputs::compressed_tree_cpio(ctx, &ctx.scratch("uki-initrd")?)?;
     let cmdline = c.strings("KernelCommandLine");
     let profiles = build_uki_profiles(ctx, &cmdline)?;
     // The kernel was saved outside the image: build from there (absolute path).
@@ -1185,7 +1145,7 @@ mod tests {
                 .collect();
             let want: Vec<(String, Vec<u8>)> = want.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
             assert_eq!(got, want, "{globs:?}");
-            assert_eq!(section_data(&bytes, ".uname").as_deref(), Some(DT_KVER.as_bytes()));
+            assert_eq!(section(&out, ".uname").unwrap().as_deref(), Some(DT_KVER.as_bytes()));
         }
     }
 

@@ -49,6 +49,20 @@ pub fn want_kernel(c: &Config) -> bool {
         && (format == OutputFormat::Cpio || format.is_extension_or_portable_image() || c.bool("Overlay")))
 }
 
+/// Creates `p` and its missing parents with mode 0700, as bootctl and upstream create the
+/// directories of the ESP and of `/boot`.
+pub(crate) fn mkdir_0700(p: &std::path::Path) -> crate::error::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if p.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = p.parent() {
+        mkdir_0700(parent)?;
+    }
+    std::fs::create_dir(p).map_err(crate::error::io("creating", p))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(crate::error::io("chmod", p))
+}
+
 /// The boot loader setting (`Bootloader=`).
 pub fn bootloader(c: &Config) -> &str {
     c.str("Bootloader").unwrap_or("systemd-boot")

@@ -9,12 +9,11 @@
 //! Fedora and openSUSE) as they are; `unsigned` takes the unsigned ones and signs them with the
 //! `SecureBoot=` key when Secure Boot signing is on.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use mkosi_config::enums::Feature;
 
-use super::{efi_boot_binary, kernel_images, want_efi, want_shim};
+use super::{efi_boot_binary, kernel_images, mkdir_0700, want_efi, want_shim};
 use crate::context::Context;
 use crate::error::{io, BuildError, Result};
 use crate::log;
@@ -121,17 +120,6 @@ fn debian_package(signed: bool) -> &'static str {
     } else {
         "shim-unsigned"
     }
-}
-
-fn mkdir_0700(p: &Path) -> Result<()> {
-    if p.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = p.parent() {
-        mkdir_0700(parent)?;
-    }
-    std::fs::create_dir(p).map_err(io("creating", p))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
 }
 
 /// Installs one shim binary at `output` (a file or a directory, relative to the image root),

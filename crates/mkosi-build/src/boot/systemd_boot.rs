@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use mkosi_config::enums::Feature;
 
-use super::{entry_token, kernel_images, want_efi};
+use super::{entry_token, kernel_images, mkdir_0700, want_efi};
 use crate::context::Context;
 use crate::error::{io, BuildError, Result};
 use crate::log;
@@ -42,19 +42,6 @@ pub fn boot_binaries(root: &Path) -> Vec<(String, PathBuf)> {
         .collect();
     out.sort();
     out
-}
-
-fn mkdir_0700(p: &Path) -> Result<()> {
-    if p.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = p.parent() {
-        if !parent.exists() {
-            mkdir_0700(parent)?;
-        }
-    }
-    std::fs::create_dir(p).map_err(io("creating", p))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
 }
 
 /// Copies `src` to `dst` with mode 0644, keeping the modification time (like bootctl).
