@@ -85,19 +85,10 @@ fn command(default_kernel_version: &str) -> clap::Command {
 /// Parse the arguments (without argv\[0\]).
 pub fn parse(args: &[OsString], default_kernel_version: &str) -> std::result::Result<Invocation, clap::Error> {
     let mut cmd = command(default_kernel_version);
-    let m = match cmd
-        .clone()
-        .try_get_matches_from(std::iter::once(OsString::from("mkosi-addon")).chain(args.iter().cloned()))
-    {
+    let m = match crate::initrd_tool::tool_matches(&mut cmd, "mkosi-addon", args)? {
         Ok(m) => m,
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
-            return Ok(Invocation::Help(cmd.render_help().to_string()));
-        }
-        Err(e) => return Err(e),
+        Err(done) => return Ok(done),
     };
-    if m.get_flag("version") {
-        return Ok(Invocation::Version);
-    }
     let text = |id: &str| m.get_one::<String>(id).cloned().unwrap_or_default();
     let bad_name = |s: &str| s.is_empty() || s.contains('/') || s == "." || s == "..";
     let kernel_version = text("kernel-version");

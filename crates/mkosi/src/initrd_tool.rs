@@ -93,6 +93,26 @@ pub enum Invocation<O = Options> {
     Version,
 }
 
+/// Matches the arguments of the multi-call tool `name` (without argv\[0\]) against `cmd`;
+/// `--help` and `--version` end there (`Err` with what to do).
+pub(crate) fn tool_matches<O>(
+    cmd: &mut clap::Command,
+    name: &str,
+    args: &[OsString],
+) -> std::result::Result<std::result::Result<clap::ArgMatches, Invocation<O>>, clap::Error> {
+    let m = match cmd.clone().try_get_matches_from(std::iter::once(OsString::from(name)).chain(args.iter().cloned())) {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            return Ok(Err(Invocation::Help(cmd.render_help().to_string())));
+        }
+        Err(e) => return Err(e),
+    };
+    if m.get_flag("version") {
+        return Ok(Err(Invocation::Version));
+    }
+    Ok(Ok(m))
+}
+
 /// The `main` the multi-call tools share: help, version and usage errors (exit status 2),
 /// `--show-documentation` (the tool's `manual`, titled `title`), else `run`.
 pub(crate) fn tool_main<O>(
@@ -258,19 +278,10 @@ fn command(default_kernel_version: &str) -> clap::Command {
 /// Parse the arguments (without argv\[0\]).
 pub fn parse(args: &[OsString], default_kernel_version: &str) -> std::result::Result<Invocation, clap::Error> {
     let mut cmd = command(default_kernel_version);
-    let m = match cmd
-        .clone()
-        .try_get_matches_from(std::iter::once(OsString::from("mkosi-initrd")).chain(args.iter().cloned()))
-    {
+    let m = match tool_matches(&mut cmd, "mkosi-initrd", args)? {
         Ok(m) => m,
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
-            return Ok(Invocation::Help(cmd.render_help().to_string()));
-        }
-        Err(e) => return Err(e),
+        Err(done) => return Ok(done),
     };
-    if m.get_flag("version") {
-        return Ok(Invocation::Version);
-    }
     let text = |id: &str| m.get_one::<String>(id).cloned().unwrap_or_default();
     let format = match text("format").as_str() {
         "uki" => OutputFormat::Uki,
