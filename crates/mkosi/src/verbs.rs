@@ -46,8 +46,8 @@ pub(crate) fn default_config(host: &Host, resources: &Path) -> Result<Config> {
 
 fn not_implemented(verb: Verb) -> anyhow::Error {
     anyhow::anyhow!(
-        "The '{}' verb is not implemented yet in this version of mkosi; only build, clean, box, shell, boot, serve, \
-         burn, journalctl, coredumpctl, sysupdate, summary, cat-config, bump, genkey, completion, documentation, dependencies, init and help work so far",
+        "The '{}' verb is not implemented yet in this version of mkosi; only build, clean, box, shell, boot, vm, ssh, \
+         serve, burn, journalctl, coredumpctl, sysupdate, summary, cat-config, bump, genkey, completion, documentation, dependencies, init and help work so far",
         verb.as_str()
     )
 }
@@ -128,6 +128,9 @@ pub fn run(cli: Cli, host: &Host, _root: &Path) -> Result<()> {
         | Verb::Serve
         | Verb::Burn
         | Verb::Sysupdate
+        | Verb::Vm
+        | Verb::Qemu
+        | Verb::Ssh
         | Verb::Journalctl
         | Verb::Coredumpctl => crate::runtime::run(&args, images, host, &cli.cwd, &resources),
         verb => Err(not_implemented(verb)),

@@ -167,19 +167,24 @@ fn command_line_errors_exit_2() {
 }
 
 #[test]
-fn unimplemented_verbs_say_so() {
+fn ssh_needs_a_running_machine() {
     let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
-    for verb in ["vm", "ssh"] {
-        let o = mkosi(t.path(), &[verb]);
-        assert_eq!(o.status.code(), Some(1), "{verb}");
-        assert!(stderr(&o).contains("is not implemented yet"), "{verb}: {}", stderr(&o));
-    }
+    let run = t.path().join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_mkosi"))
+        .current_dir(t.path())
+        .env("XDG_RUNTIME_DIR", &run)
+        .args(["--machine=mach", "ssh"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("mkosi/machine/mach.json not found, cannot SSH into virtual machine mach"), "{err}");
 }
 
 #[test]
 fn runtime_verbs_need_a_built_image() {
     let t = tree(&[("mkosi.conf", "[Content]\nPackages=a\n")]);
-    for verb in ["shell", "boot", "serve", "burn", "sysupdate"] {
+    for verb in ["shell", "boot", "vm", "serve", "burn", "sysupdate"] {
         let o = mkosi(t.path(), &[verb]);
         assert_eq!(o.status.code(), Some(1), "{verb}");
         assert!(stderr(&o).contains("Image 'main' has not been built yet"), "{verb}: {}", stderr(&o));

@@ -13,7 +13,9 @@ pub mod burn;
 pub mod journal;
 pub mod nspawn;
 pub mod serve;
+pub mod ssh;
 pub mod sysupdate;
+pub mod vm;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -47,6 +49,9 @@ pub fn run(args: &Args, images: Vec<Config>, host: &Host, cwd: &Path, resources:
     if matches!(verb, Verb::Journalctl | Verb::Coredumpctl) {
         return journal::run_systemd_tool(args, &last, host, cwd);
     }
+    if verb == Verb::Ssh {
+        return ssh::run_ssh(args, &last, host);
+    }
 
     if last.output_format() == OutputFormat::None {
         bail!("Cannot run '{}' verb on image with output format 'none'", verb.as_str());
@@ -69,6 +74,7 @@ pub fn run(args: &Args, images: Vec<Config>, host: &Host, cwd: &Path, resources:
         Verb::Serve => serve::run_serve(&last, cwd),
         Verb::Burn => burn::run_burn(args, &last, cwd),
         Verb::Sysupdate => sysupdate::run_sysupdate(args, &last, host, cwd),
+        Verb::Vm | Verb::Qemu => vm::run_vm(args, &last, host, cwd),
         other => bail!("'{}' is not a runtime verb", other.as_str()),
     }
 }
@@ -309,13 +315,20 @@ pub fn kernel_command_line_extra(config: &Config) -> Vec<String> {
     if !extra.iter().any(|s| s.starts_with("SYSTEMD_SULOGIN_FORCE=")) {
         out.push("SYSTEMD_SULOGIN_FORCE=1".to_string());
     }
-    for s in &extra {
-        match s.split_once('=') {
-            Some((k, v)) if v.contains(' ') => out.push(format!("{k}=\"{v}\"")),
-            _ => out.push(s.clone()),
-        }
-    }
+    out.extend(quote_extras(&extra));
     out
+}
+
+/// `KernelCommandLineExtra=` entries as they go on the command line: values with
+/// spaces in double quotes.
+pub fn quote_extras(extra: &[String]) -> Vec<String> {
+    extra
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if v.contains(' ') => format!("{k}=\"{v}\""),
+            _ => s.clone(),
+        })
+        .collect()
 }
 
 /// The image a runtime verb works on: the output itself (locked exclusively), or an
@@ -336,7 +349,7 @@ impl Drop for Target {
     }
 }
 
-fn flock(path: &Path, op: libc::c_int) -> std::io::Result<File> {
+pub(crate) fn flock(path: &Path, op: libc::c_int) -> std::io::Result<File> {
     let f = File::open(path)?;
     // SAFETY: flock on a descriptor we own; released when the file is closed.
     if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
@@ -401,6 +414,11 @@ pub fn acquire_target(config: &Config, src: &Path) -> Result<Target> {
 /// gets them) so it can clean up afterwards. A failing command becomes mkosi's exit
 /// status.
 pub fn run_foreground(cmd: &mut Command) -> Result<()> {
+    run_foreground_with(cmd, |_| Ok(()))
+}
+
+/// [`run_foreground`], calling `started` with the pid of the command once it runs.
+pub fn run_foreground_with(cmd: &mut Command, started: impl FnOnce(u32) -> Result<()>) -> Result<()> {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -414,6 +432,16 @@ pub fn run_foreground(cmd: &mut Command) -> Result<()> {
     // SAFETY: replacing the signal dispositions of this process.
     let (old_int, old_term) =
         unsafe { (libc::signal(libc::SIGINT, libc::SIG_IGN), libc::signal(libc::SIGTERM, libc::SIG_IGN)) };
+    if let Err(e) = started(child.id()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        // SAFETY: restoring the dispositions saved above.
+        unsafe {
+            libc::signal(libc::SIGINT, old_int);
+            libc::signal(libc::SIGTERM, old_term);
+        }
+        return Err(e);
+    }
     let status = child.wait();
     // SAFETY: restoring the dispositions saved above.
     unsafe {
