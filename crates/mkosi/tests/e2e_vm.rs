@@ -8,13 +8,17 @@
 //! `cat /etc/os-release` and a few checks in the guest (over vsock where the
 //! host has `/dev/vhost-vsock`, else over the user-network port forward), reads
 //! a file of a host directory shared with `RuntimeTrees=` (virtiofs), and finally
-//! powers it off, which ends `mkosi vm` with success.
+//! powers it off, which ends `mkosi vm` with success; the guest's journal was
+//! forwarded to the host (`ForwardJournal=`, systemd-journal-remote). Then the same image boots
+//! again with `Firmware=linux` (direct kernel boot of the split kernel and
+//! initrd, `root=` derived from the partition table).
 //!
 //! ```sh
 //! MKOSI_E2E=1 cargo test --release -p mkosi --test e2e_vm -- --nocapture
 //! ```
 //!
-//! Host tools: qemu-system-x86 (and its virtiofsd), ovmf, openssh-client; swtpm and swtpm-tools
+//! Host tools: qemu-system-x86 (and its virtiofsd), ovmf, openssh-client,
+//! systemd-journal-remote; swtpm and swtpm-tools
 //! for the TPM check (skipped without them).
 
 mod common;
@@ -136,66 +140,26 @@ fn vm_boots_and_ssh_reaches_it() {
     write(dir, "shared/hello.txt", "shared-content\n");
     let tree = format!("--runtime-tree={}:shared", dir.join("shared").display());
 
+    // The guest's journal, forwarded to a file on the host (ForwardJournal=).
+    let journal = dir.join("forwarded/vm.journal");
+    let forward = format!("--forward-journal={}", journal.display());
+
     let runtime = dir.join("run");
     std::fs::create_dir_all(&runtime).unwrap();
-    let log = dir.join("vm.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut cmd = mkosi_cmd(
+    let mut vm = start_vm(
         dir,
         &runtime,
-        &[
-            "--credential",
-            &format!("mkosi.vmtest={SECRET}"),
-            "--ephemeral=yes",
-            "--runtime-size=3G",
-            "--ram=1G",
-            "--cpus=2",
-            &tree,
-            "vm",
-        ],
+        SECRET,
+        &["--ephemeral=yes", "--runtime-size=3G", "--ram=1G", "--cpus=2", &tree, &forward],
     );
-    cmd.stdout(out.try_clone().unwrap()).stderr(out).process_group(0);
-    let start = Instant::now();
-    let mut vm = Vm { child: Some(cmd.spawn().expect("starting mkosi vm")), log };
-    let kvm = mkosi_build::qemu::kvm_usable();
-    let timeout = Duration::from_secs(if kvm { 240 } else { 600 });
-
-    // The credential shows up on the console.
-    let want = format!("{MARKER} {SECRET}");
-    loop {
-        if vm.log().contains(&want) {
-            break;
-        }
-        if let Some(status) = vm.exited() {
-            panic!("mkosi vm exited ({status}) before the marker:\n{}", tail(&vm.log(), 60));
-        }
-        assert!(start.elapsed() < timeout, "no marker after {:?}:\n{}", start.elapsed(), tail(&vm.log(), 60));
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    eprintln!("credential on the console after {:.1}s (kvm: {kvm})", start.elapsed().as_secs_f64());
 
     // The machine's state file names how to reach it.
     let state = runtime.join("mkosi/machine").join(format!("{}.json", dir.file_name().unwrap().to_string_lossy()));
     assert!(state.exists(), "no state file at {}: {:?}", state.display(), std::fs::read_dir(&runtime).ok());
 
     // mkosi ssh (sshd may come up a little after the marker).
-    let ssh_start = Instant::now();
-    let os_release = loop {
-        let o = run(mkosi_cmd(dir, &runtime, &["ssh", "cat", "/etc/os-release"]), "mkosi ssh cat /etc/os-release");
-        if o.status.success() {
-            break String::from_utf8_lossy(&o.stdout).into_owned();
-        }
-        assert!(vm.exited().is_none(), "the machine stopped:\n{}", tail(&vm.log(), 60));
-        assert!(
-            ssh_start.elapsed() < Duration::from_secs(240),
-            "mkosi ssh never succeeded: {}\n--- vm ---\n{}",
-            text(&o),
-            tail(&vm.log(), 60)
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    };
+    let os_release = ssh_until_up(dir, &runtime, &mut vm, "cat /etc/os-release");
     assert!(os_release.lines().any(|l| l == "ID=debian"), "{os_release}");
-    eprintln!("ssh answered {:.1}s after the marker", ssh_start.elapsed().as_secs_f64());
 
     // The disk is the ephemeral copy grown to RuntimeSize=, the credential is there too.
     let o = run(
@@ -239,4 +203,67 @@ fn vm_boots_and_ssh_reaches_it() {
         .filter(|n| n.starts_with("image.raw-"))
         .collect();
     assert!(copies.is_empty(), "{copies:?}");
+    // The forwarded journal has the guest's messages.
+    let messages = tool(&["journalctl", "--file", &journal.display().to_string(), "--no-pager", "-o", "cat"]);
+    assert!(messages.contains("Show the credential mkosi.vmtest on the console"), "{}", tail(&messages, 20));
+
+    // Direct kernel boot (Firmware=linux): the split kernel and initrd next to the image,
+    // with the root= mkosi derives from the image's partition table.
+    let mut vm = start_vm(dir, &runtime, "direct-boot", &["--firmware=linux", "--ram=1G", "--cpus=2"]);
+    let cmdline = ssh_until_up(dir, &runtime, &mut vm, "cat /proc/cmdline");
+    assert!(cmdline.contains("root=PARTUUID=") && cmdline.contains("console=hvc0"), "{cmdline}");
+    let _ = run(mkosi_cmd(dir, &runtime, &["ssh", "--", "systemctl --no-block poweroff"]), "mkosi ssh poweroff");
+    let status =
+        vm.wait(Duration::from_secs(180)).unwrap_or_else(|| panic!("mkosi vm did not end:\n{}", tail(&vm.log(), 40)));
+    assert!(status.success(), "mkosi vm: {status}\n{}", tail(&vm.log(), 40));
+}
+
+/// Start `mkosi --credential mkosi.vmtest=SECRET ARGS… vm` and wait until the guest shows
+/// the credential on the console.
+fn start_vm(dir: &Path, runtime: &Path, secret: &str, args: &[&str]) -> Vm {
+    let log = dir.join(format!("vm-{secret}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let credential = format!("mkosi.vmtest={secret}");
+    let mut all = vec!["--credential", &credential];
+    all.extend_from_slice(args);
+    all.push("vm");
+    let mut cmd = mkosi_cmd(dir, runtime, &all);
+    cmd.stdout(out.try_clone().unwrap()).stderr(out).process_group(0);
+    let start = Instant::now();
+    let mut vm = Vm { child: Some(cmd.spawn().expect("starting mkosi vm")), log };
+    let kvm = mkosi_build::qemu::kvm_usable();
+    let timeout = Duration::from_secs(if kvm { 240 } else { 600 });
+    let want = format!("{MARKER} {secret}");
+    loop {
+        if vm.log().contains(&want) {
+            break;
+        }
+        if let Some(status) = vm.exited() {
+            panic!("mkosi {} exited ({status}) before the marker:\n{}", all.join(" "), tail(&vm.log(), 60));
+        }
+        assert!(start.elapsed() < timeout, "no marker after {:?}:\n{}", start.elapsed(), tail(&vm.log(), 60));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("{want:?} on the console after {:.1}s (kvm: {kvm})", start.elapsed().as_secs_f64());
+    vm
+}
+
+/// `mkosi ssh COMMAND`, retried until sshd in the guest answers; returns its output.
+fn ssh_until_up(dir: &Path, runtime: &Path, vm: &mut Vm, command: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let o = run(mkosi_cmd(dir, runtime, &["ssh", "--", command]), &format!("mkosi ssh {command}"));
+        if o.status.success() {
+            eprintln!("ssh answered {:.1}s after the marker", start.elapsed().as_secs_f64());
+            return String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        assert!(vm.exited().is_none(), "the machine stopped:\n{}", tail(&vm.log(), 60));
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "mkosi ssh never succeeded: {}\n--- vm ---\n{}",
+            text(&o),
+            tail(&vm.log(), 60)
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
 }

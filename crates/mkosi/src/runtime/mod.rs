@@ -16,6 +16,7 @@ pub mod serve;
 pub mod ssh;
 pub mod sysupdate;
 pub mod vm;
+pub mod vmspawn;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -74,6 +75,9 @@ pub fn run(args: &Args, images: Vec<Config>, host: &Host, cwd: &Path, resources:
         Verb::Serve => serve::run_serve(&last, cwd),
         Verb::Burn => burn::run_burn(args, &last, cwd),
         Verb::Sysupdate => sysupdate::run_sysupdate(args, &last, host, cwd),
+        Verb::Vm | Verb::Qemu if last.str("VirtualMachineMonitor") == Some("vmspawn") => {
+            vmspawn::run_vmspawn(args, &last, host, cwd)
+        }
         Verb::Vm | Verb::Qemu => vm::run_vm(args, &last, host, cwd),
         other => bail!("'{}' is not a runtime verb", other.as_str()),
     }

@@ -144,9 +144,10 @@ impl Term {
     }
 }
 
-/// The runtime kernel command line of a VM booted with qemu (upstream's
-/// `finalize_kernel_command_line_extra` for `vm`).
-pub fn kernel_command_line_extra(config: &Config, term: &Term) -> Vec<String> {
+/// The runtime kernel command line of a VM (upstream's `finalize_kernel_command_line_extra`
+/// for `vm`): `term` is the terminal of qemu's console, `None` for systemd-vmspawn, which
+/// sets up the console itself.
+pub fn kernel_command_line_extra(config: &Config, term: Option<&Term>) -> Vec<String> {
     let extra = config.strings("KernelCommandLineExtra");
     let mut out = vec!["systemd.wants=network.target".to_string()];
     if !extra.iter().any(|s| s.starts_with("SYSTEMD_SULOGIN_FORCE=")) {
@@ -154,9 +155,10 @@ pub fn kernel_command_line_extra(config: &Config, term: &Term) -> Vec<String> {
     }
     out.push("rw".into());
     out.push("module_blacklist=vmw_vmci".into());
-    let (t, c, r) = (&term.term, term.columns, term.rows);
-    out.extend([format!("systemd.tty.columns.hvc0={c}"), format!("systemd.tty.rows.hvc0={r}")]);
-    out.push(format!("systemd.tty.term.hvc0={t}"));
+    if let Some(Term { term: t, columns: c, rows: r }) = term {
+        out.extend([format!("systemd.tty.columns.hvc0={c}"), format!("systemd.tty.rows.hvc0={r}")]);
+        out.push(format!("systemd.tty.term.hvc0={t}"));
+    }
     if !extra.iter().any(|s| s.starts_with("ip=")) {
         out.extend(["ip=enc0:any", "ip=enp0s1:any", "ip=enp0s2:any", "ip=host0:any", "ip=none"].map(String::from));
     }
@@ -164,14 +166,16 @@ pub fn kernel_command_line_extra(config: &Config, term: &Term) -> Vec<String> {
         out.push("loglevel=4".into());
     }
     let console = config.str("Console").unwrap_or("native");
-    if !matches!(console, "gui" | "headless") {
-        out.push(format!("systemd.tty.term.console={t}"));
-        out.push(format!("systemd.tty.columns.console={c}"));
-        out.push(format!("systemd.tty.rows.console={r}"));
-        out.push("console=hvc0".into());
-        out.push(format!("TERM={t}"));
-    } else if console == "gui" && config.architecture().is_arm_variant() {
-        out.push("console=tty0".into());
+    match term {
+        Some(Term { term: t, columns: c, rows: r }) if !matches!(console, "gui" | "headless") => {
+            out.push(format!("systemd.tty.term.console={t}"));
+            out.push(format!("systemd.tty.columns.console={c}"));
+            out.push(format!("systemd.tty.rows.console={r}"));
+            out.push("console=hvc0".into());
+            out.push(format!("TERM={t}"));
+        }
+        _ if console == "gui" && config.architecture().is_arm_variant() => out.push("console=tty0".into()),
+        _ => {}
     }
     out.extend(super::quote_extras(&extra));
     out
@@ -1000,7 +1004,7 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
     let mut kcl: Vec<String> = Vec::new();
     let mut virtiofs: Vec<(PathBuf, String)> = Vec::new();
     if kernel.is_some() {
-        let extra = kernel_command_line_extra(config, &Term::detect());
+        let extra = kernel_command_line_extra(config, Some(&Term::detect()));
         if extra.iter().any(|s| s.starts_with("root=")) {
         } else if format == OutputFormat::Disk {
             let mut f = File::open(&target.path).with_context(|| format!("opening {}", target.path.display()))?;
@@ -1072,8 +1076,20 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
     } else {
         None
     };
-    if config.path("ForwardJournal").is_some() {
-        bail!("ForwardJournal= is not implemented yet for mkosi vm in this version of mkosi");
+    if let Some(journal) = config.path("ForwardJournal") {
+        let (listener, address) = match cid {
+            Some(_) => vsock_listener_address()?,
+            None if config.str("RuntimeNetwork").unwrap_or("user") == "user" => {
+                // The guest reaches the host's 127.0.0.1 as 10.0.2.2 through qemu's user network.
+                let l = std::net::TcpListener::bind("127.0.0.1:0").context("listening for the forwarded journal")?;
+                let port = l.local_addr()?.port();
+                (OwnedFd::from(l), format!("10.0.2.2:{port}"))
+            }
+            None => bail!("ForwardJournal= needs a vsock device (/dev/vhost-vsock) or RuntimeNetwork=user"),
+        };
+        start_journal_remote(&journal, listener, &mut daemons)?;
+        std::fs::write(cdir.join("journal.forward_to_socket"), address)
+            .context("writing the journal.forward_to_socket credential")?;
     }
 
     let smbios_dir = work.path().join("smbios");
@@ -1096,7 +1112,7 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
             ));
         }
     }
-    kcl.extend(kernel_command_line_extra(config, &Term::detect()));
+    kcl.extend(kernel_command_line_extra(config, Some(&Term::detect())));
 
     let mut drive_tmp = Vec::new();
     let drives = finalize_drives(config, &mut drive_tmp)?;
@@ -1177,15 +1193,6 @@ fn check_config(config: &Config) -> Result<()> {
     ) {
         bail!("{format} images cannot be booted in qemu");
     }
-    if config.str("VirtualMachineMonitor") == Some("vmspawn") {
-        let tool =
-            super::check_systemd_tool("systemd-vmspawn", "systemd-container", "256", "boot images with vmspawn")?;
-        bail!(
-            "VirtualMachineMonitor=vmspawn is not implemented yet in this version of mkosi (found {}); use \
-             VirtualMachineMonitor=qemu",
-            tool.display()
-        );
-    }
     let configured_fw = config.str("Firmware").and_then(Fw::parse);
     if matches!(format, OutputFormat::Cpio | OutputFormat::Uki | OutputFormat::Esp) {
         if let Some(fw) = configured_fw {
@@ -1240,7 +1247,7 @@ fn finalize_accel(
 }
 
 /// The kernel booted directly (if any), its type and the firmware.
-fn finalize_kernel(
+pub(super) fn finalize_kernel(
     config: &Config,
     cmdline: &[String],
     outdir: &Path,
@@ -1288,21 +1295,32 @@ fn finalize_kernel(
 /// The UEFI firmware, and a private copy of its variable store (`FirmwareVariables=`).
 fn finalize_ovmf(config: &Config, firmware: Fw, work: &Path) -> Result<(Ovmf, PathBuf, String)> {
     let arch = config.architecture();
-    let fw_vars = config.str("FirmwareVariables").map(str::to_string);
     let query = FirmwareQuery {
         arch: arch.to_qemu().unwrap_or("x86_64").to_string(),
         machine: default_machine(arch).to_string(),
         secure_boot: firmware == Fw::UefiSecureBoot,
-        enrolled_keys: matches!(fw_vars.as_deref(), Some("microsoft") | Some("microsoft-mok")),
+        enrolled_keys: matches!(config.str("FirmwareVariables"), Some("microsoft") | Some("microsoft-mok")),
     };
     let fw = match config.path("ToolsTree").filter(|t| t.join("usr/share/qemu/firmware").is_dir()) {
         Some(t) => q::find_firmware_in(&[t.join("usr/share/qemu/firmware")], &query),
         None => q::find_firmware(&query),
     }
     .map_err(|e| anyhow::anyhow!("{e}{}", e.hint_text().map(|h| format!(" ({h})")).unwrap_or_default()))?;
+    let (vars, fmt) = finalize_firmware_variables(config, &fw.vars_template, &fw.vars_format, work)?;
+    Ok((fw, vars, fmt))
+}
+
+/// The machine's private UEFI variable store (`FirmwareVariables=`) made from `template`,
+/// and its format.
+pub fn finalize_firmware_variables(
+    config: &Config,
+    template: &Path,
+    template_format: &str,
+    work: &Path,
+) -> Result<(PathBuf, String)> {
+    let fw_vars = config.str("FirmwareVariables");
     let vars = work.join("ovmf-vars.fd");
-    let cert = config.path("SecureBootCertificate");
-    let fmt = match fw_vars.as_deref() {
+    let fmt = match fw_vars {
         Some("custom") | Some("microsoft-mok") => {
             let tool = find_binary("virt-fw-vars").ok_or_else(|| {
                 die(
@@ -1310,10 +1328,10 @@ fn finalize_ovmf(config: &Config, firmware: Fw, work: &Path) -> Result<(Ovmf, Pa
                     "Install the 'python3-virt-firmware' package",
                 )
             })?;
-            let cert = cert.context("SecureBootCertificate= is not set")?;
+            let cert = config.path("SecureBootCertificate").context("SecureBootCertificate= is not set")?;
             let mut cmd = Command::new(tool);
-            cmd.arg("--input").arg(&fw.vars_template).arg("--output").arg(&vars);
-            if fw_vars.as_deref() == Some("custom") {
+            cmd.arg("--input").arg(template).arg("--output").arg(&vars);
+            if fw_vars == Some("custom") {
                 cmd.arg("--enroll-cert").arg(&cert).args(["--add-db", "OvmfEnrollDefaultKeys"]).arg(&cert);
                 cmd.args(["--no-microsoft", "--secure-boot"]);
             } else {
@@ -1324,16 +1342,15 @@ fn finalize_ovmf(config: &Config, firmware: Fw, work: &Path) -> Result<(Ovmf, Pa
             if !st.success() {
                 bail!("virt-fw-vars failed with {st}");
             }
-            if fw_vars.as_deref() == Some("custom") {
-                fw.vars_format.clone()
+            if fw_vars == Some("custom") {
+                template_format.to_string()
             } else {
                 "raw".to_string()
             }
         }
         Some("microsoft") | None => {
-            std::fs::copy(&fw.vars_template, &vars)
-                .with_context(|| format!("copying {}", fw.vars_template.display()))?;
-            fw.vars_format.clone()
+            std::fs::copy(template, &vars).with_context(|| format!("copying {}", template.display()))?;
+            template_format.to_string()
         }
         Some(path) => {
             if !Path::new(path).exists() {
@@ -1343,12 +1360,12 @@ fn finalize_ovmf(config: &Config, firmware: Fw, work: &Path) -> Result<(Ovmf, Pa
             "raw".to_string()
         }
     };
-    Ok((fw, vars, fmt))
+    Ok((vars, fmt))
 }
 
 /// The initrd of a direct kernel boot: `<output>.initrd`, else `Initrds=` joined into a
 /// temporary file next to the output (removed through `guard`).
-fn finalize_initrd(config: &Config, outdir: &Path, guard: &mut RemoveFile) -> Result<Option<PathBuf>> {
+pub(super) fn finalize_initrd(config: &Config, outdir: &Path, guard: &mut RemoveFile) -> Result<Option<PathBuf>> {
     let split = outdir.join(format!("{}.initrd", config.output()));
     if split.exists() {
         return Ok(Some(split));
@@ -1367,7 +1384,7 @@ fn finalize_initrd(config: &Config, outdir: &Path, guard: &mut RemoveFile) -> Re
 }
 
 /// The backing files of `Drives=` (one per file id).
-fn finalize_drives(config: &Config, tmp: &mut Vec<tempfile::NamedTempFile>) -> Result<Vec<DriveArg>> {
+pub(super) fn finalize_drives(config: &Config, tmp: &mut Vec<tempfile::NamedTempFile>) -> Result<Vec<DriveArg>> {
     let mut drives = Vec::new();
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for d in config.list("Drives") {
@@ -1503,7 +1520,7 @@ fn make_nocow(path: &Path) {
     }
 }
 
-struct RemoveFile(Option<PathBuf>);
+pub(super) struct RemoveFile(pub(super) Option<PathBuf>);
 
 impl Drop for RemoveFile {
     fn drop(&mut self) {
@@ -1521,6 +1538,14 @@ fn uuid_hex() -> Result<String> {
 
 /// A host vsock listener whose address becomes the guest's `vmm.notify_socket`.
 fn vsock_listen(creds: &Path) -> Result<OwnedFd> {
+    let (fd, address) = vsock_listener_address()?;
+    std::fs::write(creds.join("vmm.notify_socket"), address).context("writing vmm.notify_socket")?;
+    Ok(fd)
+}
+
+/// A listening vsock socket on a free port, and its address as the guest names it
+/// (`vsock-stream:2:<port>`).
+fn vsock_listener_address() -> Result<(OwnedFd, String)> {
     // SAFETY: plain socket syscalls on a descriptor we own.
     unsafe {
         let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -1541,13 +1566,55 @@ fn vsock_listen(creds: &Path) -> Result<OwnedFd> {
         if libc::getsockname(fd, &mut got as *mut _ as *mut libc::sockaddr, &mut glen) != 0 {
             return Err(std::io::Error::last_os_error()).context("getsockname");
         }
-        std::fs::write(
-            creds.join("vmm.notify_socket"),
-            format!("vsock-stream:{}:{}", libc::VMADDR_CID_HOST, got.svm_port),
-        )
-        .context("writing vmm.notify_socket")?;
-        Ok(owned)
+        Ok((owned, format!("vsock-stream:{}:{}", libc::VMADDR_CID_HOST, got.svm_port)))
     }
+}
+
+/// `ForwardJournal=`: systemd-journal-remote, socket-activated with `listener`, writes what
+/// the guest's journald forwards into one `.journal` file or a directory of them.
+fn start_journal_remote(target: &Path, listener: OwnedFd, daemons: &mut Vec<Daemon>) -> Result<()> {
+    let bin = find_binary("systemd-journal-remote")
+        .or_else(|| {
+            let p = PathBuf::from("/usr/lib/systemd/systemd-journal-remote");
+            p.exists().then_some(p)
+        })
+        .ok_or_else(|| {
+            die(
+                "systemd-journal-remote must be installed to forward logs from the virtual machine",
+                "Install the 'systemd-journal-remote' package",
+            )
+        })?;
+    let single = target.extension().is_some_and(|e| e == "journal");
+    let dir = if single { target.parent().unwrap_or(Path::new(".")) } else { target };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        make_nocow(dir);
+    }
+    // Socket activation: the listener as fd 3, LISTEN_PID set by the shell that execs the daemon.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\""])
+        .arg(&bin)
+        .arg("--output")
+        .arg(target)
+        .args(["--split-mode", if single { "none" } else { "host" }])
+        .stdin(Stdio::null());
+    let fd = listener.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd != 3 && libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("running {}", bin.display()))?;
+    drop(listener);
+    daemons.push(Daemon(child, "systemd-journal-remote"));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1789,7 +1856,7 @@ mod tests {
     fn runtime_kernel_command_line() {
         let c = config(json!({"KernelCommandLineExtra": ["x=a b", "quiet"]}));
         assert_eq!(
-            kernel_command_line_extra(&c, &term()).join(" "),
+            kernel_command_line_extra(&c, Some(&term())).join(" "),
             "systemd.wants=network.target SYSTEMD_SULOGIN_FORCE=1 rw module_blacklist=vmw_vmci \
              systemd.tty.columns.hvc0=80 systemd.tty.rows.hvc0=24 systemd.tty.term.hvc0=dumb \
              ip=enc0:any ip=enp0s1:any ip=enp0s2:any ip=host0:any ip=none loglevel=4 \
@@ -1797,10 +1864,10 @@ mod tests {
              console=hvc0 TERM=dumb x=\"a b\" quiet"
         );
         let c = config(json!({"KernelCommandLineExtra": ["ip=dhcp", "loglevel=7"], "Console": "headless"}));
-        let got = kernel_command_line_extra(&c, &term()).join(" ");
+        let got = kernel_command_line_extra(&c, Some(&term())).join(" ");
         assert!(got.ends_with("systemd.tty.term.hvc0=dumb ip=dhcp loglevel=7"), "{got}");
         let c = config(json!({"Console": "gui", "Architecture": "arm64"}));
-        assert!(kernel_command_line_extra(&c, &term()).join(" ").ends_with("loglevel=4 console=tty0"));
+        assert!(kernel_command_line_extra(&c, Some(&term())).join(" ").ends_with("loglevel=4 console=tty0"));
     }
 
     #[test]
