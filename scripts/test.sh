@@ -31,8 +31,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     # to inspect outputs, newuidmap/newgidmap and setpriv/useradd for the
     # unprivileged build, apt-ftparchive and gpg for local repositories.
     [ "$E2E" = 1 ] && pkgs+=(debian-archive-keyring ca-certificates uidmap zstd cpio xz-utils tar util-linux passwd
-        apt-utils gpg qemu-system-x86 ovmf kmod swtpm swtpm-tools openssh-client
-        systemd-journal-remote)
+        apt-utils gpg qemu-system-x86 ovmf kmod swtpm swtpm-tools openssh-client)
     need=()
     for pkg in "${pkgs[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -347,3 +347,68 @@ fn options_after_the_verb_and_passthrough() {
     assert_eq!(j["Images"][0]["Distribution"], "ubuntu");
     assert_eq!(j["Images"][0]["Release"], "noble");
 }
+
+/// `mkosi vm` with `PATH` set to `path` (and nothing else from the environment).
+fn vm_with_path(dir: &Path, path: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mkosi"))
+        .args(args)
+        .arg("vm")
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", dir)
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env("MKOSI_HOST_DISTRIBUTION", "debian")
+        .env("MKOSI_HOST_RELEASE", "trixie")
+        .env("MKOSI_RESOURCES", resources())
+        .output()
+        .expect("running mkosi")
+}
+
+#[test]
+fn vm_names_the_packages_of_missing_tools() {
+    let t = tree(&[
+        ("mkosi.conf", "[Output]\nFormat=disk\nOutput=image\n[Runtime]\nKVM=no\nVSock=no\n"),
+        ("image.raw", ""),
+        ("image.tar", ""),
+        ("image.tar.zst", ""),
+        ("empty/.keep", ""),
+    ]);
+    let o = vm_with_path(t.path(), &t.path().join("empty"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("qemu not found") && err.contains("Install the 'qemu-system-x86' package"), "{err}");
+
+    // With a qemu but no swtpm, TPM=yes names swtpm's package.
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let qemu = bin.join("qemu-system-x86_64");
+    std::fs::write(&qemu, "#!/bin/sh\necho 'QEMU emulator version 7.2.0'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = vm_with_path(
+        t.path(),
+        &bin,
+        &["--tpm=yes", "--firmware=linux", "--linux=/dev/null", "--kernel-command-line-extra=root=/dev/vda"],
+    );
+    let err = stderr(&o);
+    assert!(err.contains("TPM=yes needs swtpm_setup") && err.contains("'swtpm-tools'"), "{err}");
+
+    // ForwardJournal= forwards over vsock, which is switched off here.
+    let o = vm_with_path(
+        t.path(),
+        &bin,
+        &[
+            "--tpm=no",
+            "--firmware=linux",
+            "--linux=/dev/null",
+            "--kernel-command-line-extra=root=/dev/vda",
+            "--forward-journal=/j.journal",
+        ],
+    );
+    assert!(stderr(&o).contains("ForwardJournal= needs a vsock device"), "{}", stderr(&o));
+
+    // Formats qemu cannot boot are refused.
+    let o = vm_with_path(t.path(), &bin, &["--format=tar"]);
+    assert!(stderr(&o).contains("tar images cannot be booted in qemu"), "{}", stderr(&o));
+}

@@ -1077,16 +1077,15 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
         None
     };
     if let Some(journal) = config.path("ForwardJournal") {
-        let (listener, address) = match cid {
-            Some(_) => vsock_listener_address()?,
-            None if config.str("RuntimeNetwork").unwrap_or("user") == "user" => {
-                // The guest reaches the host's 127.0.0.1 as 10.0.2.2 through qemu's user network.
-                let l = std::net::TcpListener::bind("127.0.0.1:0").context("listening for the forwarded journal")?;
-                let port = l.local_addr()?.port();
-                (OwnedFd::from(l), format!("10.0.2.2:{port}"))
-            }
-            None => bail!("ForwardJournal= needs a vsock device (/dev/vhost-vsock) or RuntimeNetwork=user"),
-        };
+        // As upstream, the guest's journald forwards over vsock. (Over TCP through the user
+        // network it blocks the guest's journald during boot, before the network is up.)
+        if cid.is_none() {
+            return Err(die(
+                "ForwardJournal= needs a vsock device (/dev/vhost-vsock), which is not available",
+                "Load the vhost_vsock kernel module, or boot without ForwardJournal=",
+            ));
+        }
+        let (listener, address) = vsock_listener_address()?;
         start_journal_remote(&journal, listener, &mut daemons)?;
         std::fs::write(cdir.join("journal.forward_to_socket"), address)
             .context("writing the journal.forward_to_socket credential")?;
