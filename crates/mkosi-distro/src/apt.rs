@@ -321,6 +321,18 @@ impl<'a> Apt<'a> {
 
     /// Install packages (with daemons kept from starting by `policy-rc.d`).
     pub fn install(&self, packages: &[String], apivfs: bool, allow_downgrade: bool) -> Result<()> {
+        self.install_with(packages, apivfs, allow_downgrade, None)
+    }
+
+    /// [`Apt::install`]; `fsys_tars` is a directory of decompressed data archives
+    /// (`<name>.deb.tar`) that dpkg reads instead of decompressing those packages again.
+    fn install_with(
+        &self,
+        packages: &[String],
+        apivfs: bool,
+        allow_downgrade: bool,
+        fsys_tars: Option<&Path>,
+    ) -> Result<()> {
         let root = &self.env.root;
         let policy = root.join("usr/sbin/policy-rc.d");
         if let Some(parent) = policy.parent() {
@@ -333,7 +345,20 @@ impl<'a> Apt<'a> {
             args.push("--allow-downgrades".to_string());
         }
         args.extend(packages.iter().cloned());
-        let r = self.invoke("install", &args, apivfs, vec![], Sink::Inherit);
+        let r = match fsys_tars {
+            Some(dir) => {
+                let shim = dir.join("bin");
+                std::fs::create_dir_all(&shim).map_err(io("creating", &shim))?;
+                let script = shim.join("dpkg-deb");
+                std::fs::write(&script, DPKG_DEB_SHIM).map_err(io("writing", &script))?;
+                set_mode(&script, 0o755)?;
+                // apt runs dpkg with $PATH set to DPkg::Path.
+                args.insert(0, "-oDPkg::Path=/work/fsys/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string());
+                let ops = vec![bind(dir, "/work/fsys", true, true)];
+                self.invoke("install", &args, apivfs, ops, Sink::Inherit)
+            }
+            None => self.invoke("install", &args, apivfs, vec![], Sink::Inherit),
+        };
         let _ = std::fs::remove_file(&policy);
         r?;
         let _ = std::fs::remove_file(root.join("etc/systemd/system-generators/systemd-gpt-auto-generator"));
@@ -478,7 +503,11 @@ impl<'a> Apt<'a> {
             ));
         }
 
-        crate::deb::extract_all(&debs, root, !self.config.bool("WithDocs"))?;
+        // The decompressed data archives are kept for dpkg, which unpacks these packages
+        // again when the main apt run configures them (through the dpkg-deb shim).
+        let tars = workdir.join("fsys");
+        std::fs::create_dir_all(&tars).map_err(io("creating", &tars))?;
+        crate::deb::extract_all(&debs, root, !self.config.bool("WithDocs"), Some(&tars))?;
         prepare()?;
 
         let mut names: Vec<String> = debs
@@ -492,11 +521,25 @@ impl<'a> Apt<'a> {
         // One apt run configures the essential set and installs the requested
         // packages; apt orders the maintainer scripts.
         names.extend(packages.iter().cloned());
-        self.install(&names, true, false)?;
+        self.install_with(&names, true, false, Some(&tars))?;
+        let _ = std::fs::remove_dir_all(&tars);
         debian::fixup_os_release(root, self.config.release()).map_err(io("fixing os-release in", root))?;
         Ok(names)
     }
 }
+
+/// `dpkg-deb` as dpkg sees it during the bootstrap's apt run: the data archive of a
+/// package extracted before is printed from the kept decompressed copy
+/// (`/work/fsys/<file name>.tar`), everything else goes to the real dpkg-deb.
+const DPKG_DEB_SHIM: &str = r#"#!/bin/sh
+if [ "$#" -eq 2 ] && [ "$1" = "--fsys-tarfile" ]; then
+    tar="/work/fsys/${2##*/}.tar"
+    if [ -f "$tar" ]; then
+        exec cat "$tar"
+    fi
+fi
+exec /usr/bin/dpkg-deb "$@"
+"#;
 
 /// The downloaded packages directly in `dir` (regular files named `*.deb`).
 fn cached_debs(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {

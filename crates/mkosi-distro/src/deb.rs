@@ -18,8 +18,9 @@ pub fn excluded(path: &str, exclude_docs: bool) -> bool {
     exclude_docs && DOC_EXCLUDES.iter().any(|g| under(g.trim_end_matches("/*")))
 }
 
-/// Extract every package into `root`, using all CPUs.
-pub fn extract_all(debs: &[PathBuf], root: &Path, exclude_docs: bool) -> Result<()> {
+/// Extract every package into `root`, using all CPUs. With `keep_tars`, the decompressed
+/// data archive of each package is kept there as `<file name of the .deb>.tar`.
+pub fn extract_all(debs: &[PathBuf], root: &Path, exclude_docs: bool, keep_tars: Option<&Path>) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<DistroError>> = Mutex::new(None);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
@@ -32,7 +33,15 @@ pub fn extract_all(debs: &[PathBuf], root: &Path, exclude_docs: bool) -> Result<
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(deb) = debs.get(i) else { break };
-                if let Err(e) = mkosi_formats::deb::extract(deb, root, &exclude) {
+                let r = match (keep_tars, deb.file_name()) {
+                    (Some(dir), Some(name)) => {
+                        let mut tar = name.to_os_string();
+                        tar.push(".tar");
+                        mkosi_formats::deb::extract_keeping_tar(deb, root, &exclude, &dir.join(tar))
+                    }
+                    _ => mkosi_formats::deb::extract(deb, root, &exclude),
+                };
+                if let Err(e) = r {
                     if let Ok(mut f) = failure.lock() {
                         f.get_or_insert(DistroError::Config(format!("Extracting {}: {e}", deb.display())));
                     }

@@ -158,7 +158,42 @@ fn remove_non_dir(p: &Path) -> io::Result<()> {
 /// returns true (given without a leading `./`) are skipped. Existing
 /// directories (and symlinks to directories) are kept as they are.
 pub fn extract(deb: &Path, root: &Path, exclude: &dyn Fn(&str) -> bool) -> Result<(), DebError> {
-    let reader = data_tar(deb)?;
+    extract_from(data_tar(deb)?, deb, root, exclude).map(|_| ())
+}
+
+/// Reads through `r`, copying everything read into `w`.
+struct Tee<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: Read, W: io::Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// [`extract`], also writing the decompressed data archive — the bytes
+/// `dpkg-deb --fsys-tarfile` prints — to `tar`, so that it need not be
+/// decompressed again.
+pub fn extract_keeping_tar(
+    deb: &Path,
+    root: &Path,
+    exclude: &dyn Fn(&str) -> bool,
+    tar: &Path,
+) -> Result<(), DebError> {
+    let out = File::create(tar).map_err(ioe(tar))?;
+    let tee = Tee { r: data_tar(deb)?, w: io::BufWriter::with_capacity(1 << 20, out) };
+    let mut tee = extract_from(tee, deb, root, exclude)?;
+    // The end-of-archive blocks and padding the tar reader did not need.
+    io::copy(&mut tee, &mut io::sink()).map_err(ioe(deb))?;
+    io::Write::flush(&mut tee.w).map_err(ioe(tar))?;
+    Ok(())
+}
+
+fn extract_from<R: Read>(reader: R, deb: &Path, root: &Path, exclude: &dyn Fn(&str) -> bool) -> Result<R, DebError> {
     let mut archive = tar::Archive::new(reader);
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     for entry in archive.entries().map_err(ioe(deb))? {
@@ -263,7 +298,7 @@ pub fn extract(deb: &Path, root: &Path, exclude: &dyn Fn(&str) -> bool) -> Resul
     for (d, mtime) in dirs.iter().rev() {
         let _ = set_mtime(d, *mtime);
     }
-    Ok(())
+    Ok(archive.into_inner())
 }
 
 fn apply_xattrs<R: Read>(entry: &mut tar::Entry<R>, target: &Path) {
@@ -333,6 +368,22 @@ mod tests {
         assert!(!root.join("usr/share/doc/tiny/README").exists());
         assert_eq!(std::fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o755);
         assert_eq!(package_name(Path::new("/x/libc6_2.41-12_amd64.deb")), "libc6");
+    }
+
+    #[test]
+    fn kept_data_archive_is_what_dpkg_deb_prints() {
+        let d = tempfile::tempdir().unwrap();
+        let Some(deb) = build_deb(d.path()) else { return };
+        let root = d.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let tar = d.path().join("tiny.deb.tar");
+        extract_keeping_tar(&deb, &root, &|p| p.starts_with("usr/share/doc/"), &tar).unwrap();
+        // The files are extracted (with the exclusion), the archive is kept whole.
+        assert_eq!(std::fs::read_to_string(root.join("bin/hello")).unwrap(), "#!/bin/sh\necho hi\n");
+        assert!(!root.join("usr/share/doc/tiny/README").exists());
+        let want = std::process::Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb).output().unwrap();
+        assert!(want.status.success());
+        assert_eq!(std::fs::read(&tar).unwrap(), want.stdout);
     }
 
     #[test]
