@@ -684,11 +684,16 @@ fn read_new(path: &Path, buf: &mut Vec<u8>) {
     }
 }
 
-/// Stops the qemu we started (and only it) when dropped.
-struct ChildGuard(Option<Child>);
+/// Stops a process we started (and only it) when dropped: SIGTERM, then SIGKILL
+/// after five seconds.
+pub struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
-    fn stop(&mut self) {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+
+    pub fn stop(&mut self) {
         let Some(mut child) = self.0.take() else { return };
         if let Ok(Some(_)) = child.try_wait() {
             return;

@@ -26,7 +26,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -666,29 +666,8 @@ fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
 }
 
-/// A helper process (swtpm, virtiofsd) stopped when dropped.
-struct Daemon(Child, &'static str);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return;
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = self.1;
-    }
-}
+/// A helper process (swtpm, virtiofsd, systemd-journal-remote), stopped when dropped.
+type Daemon = q::ChildGuard;
 
 /// Let `cmd` inherit `fd` (as the same number).
 fn inherit_fd(cmd: &mut Command, fd: RawFd) {
@@ -743,7 +722,7 @@ fn start_swtpm(dir: &Path, daemons: &mut Vec<Daemon>) -> Result<PathBuf> {
     inherit_fd(&mut cmd, fd);
     let child = cmd.spawn().with_context(|| format!("running {}", swtpm.display()))?;
     drop(listener);
-    daemons.push(Daemon(child, "swtpm"));
+    daemons.push(q::ChildGuard::new(child));
     Ok(sock)
 }
 
@@ -819,7 +798,7 @@ fn start_virtiofsd(dir: &Path, directory: &Path, uidmap: bool, daemons: &mut Vec
     inherit_fd(&mut cmd, fd);
     let child = cmd.spawn().with_context(|| format!("running {}", virtiofsd.display()))?;
     drop(listener);
-    daemons.push(Daemon(child, "virtiofsd"));
+    daemons.push(q::ChildGuard::new(child));
     Ok(sock)
 }
 
@@ -1405,20 +1384,19 @@ pub(super) fn finalize_drives(config: &Config, tmp: &mut Vec<tempfile::NamedTemp
     Ok(drives)
 }
 
+/// A word as a shell reads it back.
+pub(super) fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_=+/.,:@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// A command line as a shell would read it back (for `--debug`).
 fn shell_words(argv: &[OsString]) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "-_=+/.,:@%".contains(c);
-    argv.iter()
-        .map(|a| {
-            let a = a.to_string_lossy();
-            if !a.is_empty() && a.chars().all(safe) {
-                a.into_owned()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    argv.iter().map(|a| shell_quote(&a.to_string_lossy())).collect::<Vec<_>>().join(" ")
 }
 
 /// The machined varlink socket when the machine is to be registered (`Register=`).
@@ -1612,7 +1590,7 @@ fn start_journal_remote(target: &Path, listener: OwnedFd, daemons: &mut Vec<Daem
     }
     let child = cmd.spawn().with_context(|| format!("running {}", bin.display()))?;
     drop(listener);
-    daemons.push(Daemon(child, "systemd-journal-remote"));
+    daemons.push(q::ChildGuard::new(child));
     Ok(())
 }
 

@@ -55,16 +55,6 @@ fn tristate(v: Option<&str>) -> &'static str {
     }
 }
 
-/// A word as the shell reads it back (for `$SYSTEMD_VMSPAWN_QEMU_EXTRA`).
-fn shell_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "-_=+/.,:@%".contains(c);
-    if !s.is_empty() && s.chars().all(safe) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
 /// The systemd-vmspawn command line and the value of `$SYSTEMD_VMSPAWN_QEMU_EXTRA`.
 pub fn command_line(config: &Config, i: &Inputs) -> (Vec<OsString>, Option<String>) {
     let mut a: Vec<OsString> = vec![i.vmspawn.clone().into()];
@@ -175,7 +165,8 @@ pub fn command_line(config: &Config, i: &Inputs) -> (Vec<OsString>, Option<Strin
         qemu_args.push("-blockdev".into());
         qemu_args.push(arg.join(","));
     }
-    let extra = (!qemu_args.is_empty()).then(|| qemu_args.iter().map(|q| shell_quote(q)).collect::<Vec<_>>().join(" "));
+    let extra =
+        (!qemu_args.is_empty()).then(|| qemu_args.iter().map(|q| vm::shell_quote(q)).collect::<Vec<_>>().join(" "));
     (a, extra)
 }
 
