@@ -8,7 +8,14 @@
 # and — when upstream is available — upstream's time for the same
 # configuration.
 #
-# Usage: scripts/bench-build.sh [--runs N] [--upstream-runs N] [--no-build] [--keep-logs]
+# Usage: scripts/bench-build.sh [--runs N] [--upstream-runs N] [--no-build] [--keep-logs] [--pause S]
+#
+#   --pause S   wait S seconds before each timed run. On ext4 without a journal
+#               (this machine's root file system) the kernel does not reuse inodes
+#               deleted in the last 5 s (300 s while their inode table block is
+#               dirty) and scans past them, so back-to-back builds that delete and
+#               create thousands of files get slower run after run (much more
+#               system time); --pause 310 measures settled runs.
 #
 # Environment:
 #   UPSTREAM=/path      upstream mkosi checkout (default /work/upstream); set
@@ -35,13 +42,15 @@ RUNS=3
 UPSTREAM_RUNS=2
 BUILD=1
 KEEP_LOGS=0
+PAUSE=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --upstream-runs) UPSTREAM_RUNS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
-        -h|--help) sed -n '3,32p' "$0"; exit 0 ;;
+        --pause) PAUSE=$2; shift 2 ;;
+        -h|--help) sed -n '3,/^set -euo pipefail/{/^#/p}' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -150,6 +159,7 @@ ours=("$OURS" "--package-cache-dir=$PACKAGE_CACHE")
 log "ours: warming the package cache ($OURS_DIR)"
 timed ours-warm "$OURS_DIR" "${ours[@]}" -f build
 for ((i = 0; i < RUNS; i++)); do
+    [ "$PAUSE" -gt 0 ] && { log "pausing ${PAUSE}s"; sleep "$PAUSE"; }
     timed ours "$OURS_DIR" "${ours[@]}" -f --debug-timing build
 done
 
@@ -170,6 +180,7 @@ if [ -n "$UPSTREAM" ] && [ -f "$UPSTREAM/mkosi/__main__.py" ] && command -v pyth
     fi
     timed upstream-warm "$UP_DIR" "${upstream[@]}" -f build
     for ((i = 0; i < UPSTREAM_RUNS; i++)); do
+        [ "$PAUSE" -gt 0 ] && { log "pausing ${PAUSE}s"; sleep "$PAUSE"; }
         timed upstream "$UP_DIR" "${upstream[@]}" -f build
     done
 fi
