@@ -951,6 +951,14 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
     if config.str("VSock") == Some("enabled") && vsock_fd.is_none() {
         bail!("VSock requested but cannot access /dev/vhost-vsock");
     }
+    // As upstream, the guest's journald forwards over vsock. (Over TCP through the user
+    // network it blocked the guest's journald during boot, before the network was up.)
+    if config.path("ForwardJournal").is_some() && vsock_fd.is_none() {
+        return Err(die(
+            "ForwardJournal= needs a vsock device (/dev/vhost-vsock), which is not available",
+            "Load the vhost_vsock kernel module, or boot without ForwardJournal=",
+        ));
+    }
     let console = config.str("Console").unwrap_or("native");
     let pty_forward = if matches!(console, "interactive" | "read-only") {
         Some(find_binary("systemd-pty-forward").ok_or_else(|| {
@@ -984,7 +992,9 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
     let mut virtiofs: Vec<(PathBuf, String)> = Vec::new();
     if kernel.is_some() {
         let extra = kernel_command_line_extra(config, Some(&Term::detect()));
-        if extra.iter().any(|s| s.starts_with("root=")) {
+        let user_root = extra.iter().any(|s| s.starts_with("root="));
+        if user_root {
+            // The user's root= wins.
         } else if format == OutputFormat::Disk {
             let mut f = File::open(&target.path).with_context(|| format!("opening {}", target.path.display()))?;
             let ss = mkosi_formats::gpt::probe_sector_size(&mut f).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1055,15 +1065,7 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
     } else {
         None
     };
-    if let Some(journal) = config.path("ForwardJournal") {
-        // As upstream, the guest's journald forwards over vsock. (Over TCP through the user
-        // network it blocks the guest's journald during boot, before the network is up.)
-        if cid.is_none() {
-            return Err(die(
-                "ForwardJournal= needs a vsock device (/dev/vhost-vsock), which is not available",
-                "Load the vhost_vsock kernel module, or boot without ForwardJournal=",
-            ));
-        }
+    if let (Some(journal), Some(_)) = (config.path("ForwardJournal"), cid) {
         let (listener, address) = vsock_listener_address()?;
         start_journal_remote(&journal, listener, &mut daemons)?;
         std::fs::write(cdir.join("journal.forward_to_socket"), address)
