@@ -49,21 +49,12 @@ done
 [ "$RUNS" -ge 1 ] 2>/dev/null || { echo "--runs needs a positive number" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run this as root" >&2; exit 2; }
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-/var/cache/mkosi-ci/bench-boot}
-PACKAGE_CACHE=${PACKAGE_CACHE:-/var/cache/mkosi-ci/debian~trixie~x86-64}
-if [ -z "${CARGO_TARGET_DIR:-}" ]; then
-    if [ -d /work ] && [ -w /work ]; then CARGO_TARGET_DIR=/work/target-bench; else CARGO_TARGET_DIR=$REPO/target-bench; fi
-fi
-export CARGO_TARGET_DIR
+. "$(dirname "$0")/bench-common.sh"
+bench_paths /var/cache/mkosi-ci/bench-boot
 MARKER=MKOSI-BENCH-BOOT-MARKER
 
-log() { printf '>>> %s\n' "$*" >&2; }
 
-mkdir -p "$BENCH_DIR" "$PACKAGE_CACHE"
-BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
-exec 9> "$BENCH_DIR/.lock"
-flock -n 9 || { echo "another bench-boot.sh is running in $BENCH_DIR" >&2; exit 2; }
+bench_lock
 
 need=()
 for t in qemu-system-x86_64:qemu-system-x86 /usr/share/qemu/firmware/60-edk2-x86_64.json:ovmf; do

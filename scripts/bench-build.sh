@@ -55,18 +55,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/bench-common.sh"
+bench_paths /var/cache/mkosi-ci/bench
 UPSTREAM=${UPSTREAM-/work/upstream}
-BENCH_DIR=${BENCH_DIR:-/var/cache/mkosi-ci/bench}
-PACKAGE_CACHE=${PACKAGE_CACHE:-/var/cache/mkosi-ci/debian~trixie~x86-64}
 UPSTREAM_PACKAGE_CACHE=${UPSTREAM_PACKAGE_CACHE:-/var/cache/mkosi-ci/upstream-debian~trixie~x86-64}
-if [ -z "${CARGO_TARGET_DIR:-}" ]; then
-    if [ -d /work ] && [ -w /work ]; then CARGO_TARGET_DIR=/work/target-bench; else CARGO_TARGET_DIR=$REPO/target-bench; fi
-fi
-export CARGO_TARGET_DIR
 
-log() { printf '>>> %s\n' "$*" >&2; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/mkosi-bench-build.XXXXXX")
 if [ "$KEEP_LOGS" = 1 ]; then

@@ -74,17 +74,12 @@ done
 [ "$RUNS" -ge 1 ] 2>/dev/null || { echo "--runs needs a positive number" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run this as root" >&2; exit 2; }
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-/var/cache/mkosi-ci/bench-disk}
-PACKAGE_CACHE=${PACKAGE_CACHE:-/var/cache/mkosi-ci/debian~trixie~x86-64}
+. "$(dirname "$0")/bench-common.sh"
+bench_paths /var/cache/mkosi-ci/bench-disk
 # systemd, udev, dbus and the kernel make a ~300 MB tree; these bring it to
 # ~500 MB, the size the issue's target is about.
 EXTRA_PACKAGES=${EXTRA_PACKAGES-python3,perl,vim,locales,openssh-server,iproute2,curl,less}
 REPART257_TOOLS=${REPART257_TOOLS-/var/cache/mkosi-ci/bench/upstream/mkosi.tools}
-if [ -z "${CARGO_TARGET_DIR:-}" ]; then
-    if [ -d /work ] && [ -w /work ]; then CARGO_TARGET_DIR=/work/target-bench; else CARGO_TARGET_DIR=$REPO/target-bench; fi
-fi
-export CARGO_TARGET_DIR
 
 # Same seed for every tool: same partition and filesystem UUIDs.
 SEED=0e9a6fd3-5d1c-4a7f-9b0c-6b5a1c3f2e11
@@ -92,13 +87,8 @@ SEED=0e9a6fd3-5d1c-4a7f-9b0c-6b5a1c3f2e11
 ROOT_SIZE=2G
 ESP_SIZE=512M
 
-log() { printf '>>> %s\n' "$*" >&2; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-mkdir -p "$BENCH_DIR"
-BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
-exec 9> "$BENCH_DIR/.lock"
-flock -n 9 || { echo "another bench-disk.sh is running in $BENCH_DIR" >&2; exit 2; }
+bench_lock
 TREE=$BENCH_DIR/tree            # the base tree
 OUT=$BENCH_DIR/out              # images
 WS=$BENCH_DIR/workspace         # our WorkspaceDirectory=

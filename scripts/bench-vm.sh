@@ -46,21 +46,12 @@ done
 [ "$RUNS" -ge 1 ] 2>/dev/null || { echo "--runs needs a positive number" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run this as root" >&2; exit 2; }
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-/var/cache/mkosi-ci/bench-vm}
-PACKAGE_CACHE=${PACKAGE_CACHE:-/var/cache/mkosi-ci/debian~trixie~x86-64}
-if [ -z "${CARGO_TARGET_DIR:-}" ]; then
-    if [ -d /work ] && [ -w /work ]; then CARGO_TARGET_DIR=/work/target-bench; else CARGO_TARGET_DIR=$REPO/target-bench; fi
-fi
-export CARGO_TARGET_DIR
+. "$(dirname "$0")/bench-common.sh"
+bench_paths /var/cache/mkosi-ci/bench-vm
 MARKER=MKOSI-BENCH-VM-MARKER
 
-log() { printf '>>> %s\n' "$*" >&2; }
 
-mkdir -p "$BENCH_DIR" "$PACKAGE_CACHE"
-BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
-exec 9> "$BENCH_DIR/.lock"
-flock -n 9 || { echo "another bench-vm.sh is running in $BENCH_DIR" >&2; exit 2; }
+bench_lock
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
