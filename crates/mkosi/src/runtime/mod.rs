@@ -315,11 +315,18 @@ fn ssh_public_key(cert: &Path) -> Result<Vec<u8>> {
 /// arguments on top of these.
 pub fn kernel_command_line_extra(config: &Config) -> Vec<String> {
     let extra = config.strings("KernelCommandLineExtra");
+    let mut out = kernel_command_line_base(&extra);
+    out.extend(quote_extras(&extra));
+    out
+}
+
+/// What every runtime kernel command line starts with: networking, and sulogin even
+/// with a locked root account (unless `extra` sets it).
+pub fn kernel_command_line_base(extra: &[String]) -> Vec<String> {
     let mut out = vec!["systemd.wants=network.target".to_string()];
     if !extra.iter().any(|s| s.starts_with("SYSTEMD_SULOGIN_FORCE=")) {
         out.push("SYSTEMD_SULOGIN_FORCE=1".to_string());
     }
-    out.extend(quote_extras(&extra));
     out
 }
 
@@ -375,9 +382,9 @@ pub fn flock_or_die(src: &Path) -> Result<File> {
     }
 }
 
-/// 16 random hexadecimal digits.
-fn random_hex() -> Result<String> {
-    let mut b = [0u8; 8];
+/// `2 * N` random hexadecimal digits.
+pub fn random_hex<const N: usize>() -> Result<String> {
+    let mut b = [0u8; N];
     File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom")?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
@@ -397,7 +404,7 @@ pub fn acquire_target(config: &Config, src: &Path) -> Result<Target> {
     let src = src.canonicalize().with_context(|| format!("resolving {}", src.display()))?;
     let name = src.file_name().unwrap_or(OsStr::new("image")).to_string_lossy().into_owned();
     let parent = src.parent().unwrap_or(Path::new("/"));
-    let tmp = parent.join(format!("{name}-{}", random_hex()?));
+    let tmp = parent.join(format!("{name}-{}", random_hex::<8>()?));
     let lock = flock(&src, libc::LOCK_SH).with_context(|| format!("locking {}", src.display()))?;
     // From here on the copy is removed again whatever happens.
     let target = Target { path: tmp.clone(), _lock: None, copy: Some(tmp.clone()) };

@@ -101,14 +101,9 @@ fn supports_fw_cfg(arch: Architecture) -> bool {
     arch.is_x86_variant() || arch.is_arm_variant()
 }
 
+/// The qemu machine type of `arch`.
 fn default_machine(arch: Architecture) -> &'static str {
-    use Architecture::*;
-    match arch {
-        X86 | X86_64 => "q35",
-        S390 | S390x => "s390-ccw-virtio",
-        Ppc | Ppc64 | Ppc64Le => "pseries",
-        _ => "virt",
-    }
+    q::default_machine(arch.to_qemu().unwrap_or_default())
 }
 
 fn can_kvm(arch: Architecture) -> bool {
@@ -149,10 +144,7 @@ impl Term {
 /// sets up the console itself.
 pub fn kernel_command_line_extra(config: &Config, term: Option<&Term>) -> Vec<String> {
     let extra = config.strings("KernelCommandLineExtra");
-    let mut out = vec!["systemd.wants=network.target".to_string()];
-    if !extra.iter().any(|s| s.starts_with("SYSTEMD_SULOGIN_FORCE=")) {
-        out.push("SYSTEMD_SULOGIN_FORCE=1".to_string());
-    }
+    let mut out = super::kernel_command_line_base(&extra);
     out.push("rw".into());
     out.push("module_blacklist=vmw_vmci".into());
     if let Some(Term { term: t, columns: c, rows: r }) = term {
@@ -220,6 +212,8 @@ pub struct Inputs {
     pub image_size: u64,
     pub page_size: u64,
     pub kernel: Option<PathBuf>,
+    /// The kernel is a unified kernel image (it takes the command line from SMBIOS).
+    pub kernel_is_uki: bool,
     pub initrd: Option<PathBuf>,
     /// `(socket, tag)` of each virtiofsd.
     pub virtiofs: Vec<(PathBuf, String)>,
@@ -411,12 +405,8 @@ pub fn command_line(config: &Config, i: &Inputs) -> Result<Vec<OsString>> {
         );
     }
 
-    let uki = match &i.kernel {
-        Some(k) => kernel_type(k)? == KernelType::Uki,
-        None => false,
-    };
     let kcl = i.kernel_command_line.join(" ");
-    if i.kernel.is_some() && (!uki || !supports_smbios(arch, i.firmware)) {
+    if i.kernel.is_some() && (!i.kernel_is_uki || !supports_smbios(arch, i.firmware)) {
         let mut append = config.strings("KernelCommandLine");
         append.extend(i.kernel_command_line.iter().cloned());
         s(&mut a, &["-append", &append.join(" ")]);
@@ -990,8 +980,9 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
     let cdir = creds.dir.path();
     let mut kcl: Vec<String> = Vec::new();
     let mut virtiofs: Vec<(PathBuf, String)> = Vec::new();
+    let runtime_kcl = kernel_command_line_extra(config, Some(&Term::detect()));
     if kernel.is_some() {
-        let extra = kernel_command_line_extra(config, Some(&Term::detect()));
+        let extra = &runtime_kcl;
         let user_root = extra.iter().any(|s| s.starts_with("root="));
         if user_root {
             // The user's root= wins.
@@ -1092,15 +1083,12 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
             ));
         }
     }
-    kcl.extend(kernel_command_line_extra(config, Some(&Term::detect())));
+    kcl.extend(runtime_kcl);
 
     let mut drive_tmp = Vec::new();
     let drives = finalize_drives(config, &mut drive_tmp)?;
 
-    let cpus = match config.int("CPUs") {
-        Some(n) if n > 0 => n as u32,
-        _ => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-    };
+    let cpus = finalize_cpus(config);
     let image_size = std::fs::metadata(&target.path).map(|m| m.len()).unwrap_or(0);
     let inputs = Inputs {
         pty_forward,
@@ -1115,6 +1103,7 @@ pub fn run_vm(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Result<(
         image_size,
         page_size: page_size(),
         kernel,
+        kernel_is_uki: ktype == Some(KernelType::Uki),
         initrd,
         virtiofs,
         tpm,
@@ -1223,6 +1212,14 @@ fn finalize_accel(
             }
         }
         _ => Accel::Tcg,
+    }
+}
+
+/// `CPUs=`, 0 meaning every CPU of the host.
+pub(super) fn finalize_cpus(config: &Config) -> u32 {
+    match config.int("CPUs") {
+        Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        _ => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
     }
 }
 
@@ -1353,7 +1350,7 @@ pub(super) fn finalize_initrd(config: &Config, outdir: &Path, guard: &mut Remove
     if config.paths("Initrds").is_empty() {
         return Ok(None);
     }
-    let p = outdir.join(format!("initrd-{}", uuid_hex()?));
+    let p = outdir.join(format!("initrd-{}", super::random_hex::<16>()?));
     let mut out = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
     guard.0 = Some(p.clone());
     for i in config.paths("Initrds") {
@@ -1386,19 +1383,9 @@ pub(super) fn finalize_drives(config: &Config, tmp: &mut Vec<tempfile::NamedTemp
     Ok(drives)
 }
 
-/// A word as a shell reads it back.
-pub(super) fn shell_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "-_=+/.,:@%".contains(c);
-    if !s.is_empty() && s.chars().all(safe) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
 /// A command line as a shell would read it back (for `--debug`).
 fn shell_words(argv: &[OsString]) -> String {
-    argv.iter().map(|a| shell_quote(&a.to_string_lossy())).collect::<Vec<_>>().join(" ")
+    argv.iter().map(|a| mkosi_config::shlex::quote(&a.to_string_lossy())).collect::<Vec<_>>().join(" ")
 }
 
 /// The machined varlink socket when the machine is to be registered (`Register=`).
@@ -1507,12 +1494,6 @@ impl Drop for RemoveFile {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-fn uuid_hex() -> Result<String> {
-    let mut b = [0u8; 16];
-    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom")?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// A host vsock listener whose address becomes the guest's `vmm.notify_socket`.
@@ -1634,6 +1615,7 @@ mod tests {
             image_size: 1 << 30,
             page_size: 4096,
             kernel: None,
+            kernel_is_uki: false,
             initrd: None,
             virtiofs: vec![],
             tpm: Some(PathBuf::from("/w/swtpm/sock")),
@@ -1801,6 +1783,16 @@ mod tests {
         }
         assert!(!got.contains("pflash") && !got.contains("kernel-cmdline-extra"), "{got}");
 
+        // A UKI booted directly takes the command line from SMBIOS (x86), not -append.
+        let mut u = i.clone();
+        u.kernel_is_uki = true;
+        u.initrd = None;
+        let got = line(json!({"Format": "disk", "Architecture": "x86-64"}), &u);
+        assert!(
+            !got.contains("-append") && got.contains("io.systemd.stub.kernel-cmdline-extra=root=PARTUUID=x rw"),
+            "{got}"
+        );
+
         // A cpio image is the initrd.
         let got = line(json!({"Format": "cpio", "Architecture": "x86-64"}), &i);
         assert!(
@@ -1888,7 +1880,11 @@ mod tests {
     #[test]
     fn debug_command_lines_quote() {
         let argv: Vec<OsString> = ["qemu", "-smbios", "type=11,value=a b", "it's"].iter().map(OsString::from).collect();
-        assert_eq!(shell_words(&argv), "qemu -smbios 'type=11,value=a b' 'it'\\''s'");
+        let line = shell_words(&argv);
+        assert_eq!(line, "qemu -smbios 'type=11,value=a b' 'it'\"'\"'s'");
+        // A shell reads it back as the same words.
+        let out = Command::new("sh").arg("-c").arg(format!("printf '%s\\n' {line}")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "qemu\n-smbios\ntype=11,value=a b\nit's\n");
     }
 
     #[test]

@@ -165,8 +165,8 @@ pub fn command_line(config: &Config, i: &Inputs) -> (Vec<OsString>, Option<Strin
         qemu_args.push("-blockdev".into());
         qemu_args.push(arg.join(","));
     }
-    let extra =
-        (!qemu_args.is_empty()).then(|| qemu_args.iter().map(|q| vm::shell_quote(q)).collect::<Vec<_>>().join(" "));
+    let extra = (!qemu_args.is_empty())
+        .then(|| qemu_args.iter().map(|q| mkosi_config::shlex::quote(q)).collect::<Vec<_>>().join(" "));
     (a, extra)
 }
 
@@ -225,10 +225,7 @@ pub fn run_vmspawn(args: &Args, config: &Config, host: &Host, cwd: &Path) -> Res
     };
     let mut drive_tmp = Vec::new();
     let drives = vm::finalize_drives(config, &mut drive_tmp)?;
-    let cpus = match config.int("CPUs") {
-        Some(n) if n > 0 => n as u32,
-        _ => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-    };
+    let cpus = vm::finalize_cpus(config);
     let inputs = Inputs {
         vmspawn,
         cpus,
