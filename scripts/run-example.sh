@@ -4,9 +4,9 @@
 # Usage: scripts/run-example.sh [--no-boot] [EXAMPLE]   (default: debian)
 #
 # examples/debian is a bootable Debian trixie disk image (systemd-boot and a
-# unified kernel image): it is built, then booted in qemu with UEFI firmware
-# (OVMF) until the image announces on the serial console that it booted
-# (KVM when it works here, else TCG: a minute or two). --no-boot only builds.
+# unified kernel image): it is built, then booted with `mkosi vm` (qemu, UEFI
+# firmware) until the image announces on its console that it booted (KVM when
+# it works here, else TCG: a minute or two). --no-boot only builds.
 # examples/debian-directory is a plain directory tree (shown, not booted).
 #
 # As root the packages are cached in /var/cache/mkosi-ci (shared with the
@@ -67,55 +67,31 @@ if [ -d "$image" ]; then
     echo "Run it as a container: systemd-nspawn -D $image"
 fi
 
-# Boot a disk image: UEFI firmware, the serial console to a log, and the
-# kernel command line extended through SMBIOS (as `mkosi vm` does) so the
-# console goes to the serial port. The image is not modified (-snapshot).
+# Boot a disk image the way a user would: `mkosi vm` (UEFI firmware from the qemu
+# descriptors, KVM when a guest really runs under it here, else TCG), on a throwaway
+# copy of the image (--ephemeral), with the guest's console on mkosi's standard
+# output, until the image announces that it booted; then stop it.
 if [ "$BOOT" = 1 ] && [ -f "$image" ] && [ "$(field 'Output Format')" = disk ]; then
-    arch=$(uname -m)
-    if [ "$arch" != x86_64 ]; then
-        echo "Booting is only scripted for x86-64 here; boot $image with: mkosi -C $DIR vm" >&2
-        exit 0
-    fi
-    work=$(mktemp -d)
-    trap 'kill "${qemu_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
-    cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
-    # KVM only when a guest really runs under it (some machines have /dev/kvm
-    # but KVM cannot run real guests): a boot sector that initializes the FPU
-    # (where such machines fail) and writes "K" to the serial port must get
-    # through within ten seconds.
-    accel=(-accel tcg -cpu max)
-    if [ -w /dev/kvm ]; then
-        { printf '\x9b\xdb\xe3\xba\xf8\x03\xb0\x4b\xee\xfa\xf4\xeb\xfd'; head -c 497 /dev/zero; printf '\x55\xaa'; } > "$work/probe.img"
-        timeout 12 qemu-system-x86_64 -accel kvm -nodefaults -display none -no-reboot \
-            -drive format=raw,file="$work/probe.img" -serial file:"$work/probe.log" >/dev/null 2>&1 &
-        probe=$!
-        for _ in $(seq 20); do
-            grep -q K "$work/probe.log" 2>/dev/null && break
-            sleep 0.5
-        done
-        grep -q K "$work/probe.log" 2>/dev/null && accel=(-accel kvm -cpu host)
-        kill "$probe" 2>/dev/null || true
-        wait "$probe" 2>/dev/null || true
-    fi
+    log=$(mktemp)
+    vm_pid=
+    trap '[ -n "$vm_pid" ] && kill -TERM -- "-$vm_pid" 2>/dev/null; rm -f "$log"' EXIT
     echo
-    echo "== Booting $image (${accel[1]})"
+    echo "== Booting $image with: mkosi -C $DIR --ephemeral=yes vm"
     start=$(date +%s)
-    qemu-system-x86_64 -machine q35 "${accel[@]}" -smp 2 -m 2G -nographic -nodefaults \
-        -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
-        -drive if=pflash,format=raw,file="$work/vars.fd" \
-        -drive file="$image",format=raw,if=virtio,snapshot=on \
-        -smbios type=11,value=io.systemd.stub.kernel-cmdline-extra=console=ttyS0 \
-        -serial file:"$work/serial.log" &
-    qemu_pid=$!
+    setsid "$MKOSI" "${args[@]}" --ephemeral=yes vm < /dev/null > "$log" 2>&1 &
+    vm_pid=$!
     deadline=$((start + 900))
-    while ! grep -aq 'mkosi-example: booted' "$work/serial.log" 2>/dev/null; do
-        if ! kill -0 "$qemu_pid" 2>/dev/null || [ "$(date +%s)" -gt "$deadline" ]; then
-            echo "The image did not boot; the end of its serial console:" >&2
-            tail -30 "$work/serial.log" >&2
+    while ! grep -aq 'mkosi-example: booted' "$log"; do
+        if ! kill -0 "$vm_pid" 2>/dev/null || [ "$(date +%s)" -gt "$deadline" ]; then
+            echo "The image did not boot; the end of its console:" >&2
+            tail -30 "$log" >&2
             exit 1
         fi
         sleep 2
     done
-    grep -a 'mkosi-example: booted' "$work/serial.log" | head -1
+    grep -aE 'mkosi-example: booted|KVM does not work' "$log" | head -2
     echo "booted in $(( $(date +%s) - start )) s; stopping the virtual machine"
+    # qemu ends on SIGTERM; mkosi waits for it and removes the ephemeral copy.
+    kill -TERM -- "-$vm_pid" 2>/dev/null || true
+    wait "$vm_pid" 2>/dev/null || true
 fi
