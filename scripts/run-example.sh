@@ -74,7 +74,7 @@ fi
 if [ "$BOOT" = 1 ] && [ -f "$image" ] && [ "$(field 'Output Format')" = disk ]; then
     log=$(mktemp)
     vm_pid=
-    trap '[ -n "$vm_pid" ] && kill -TERM -- "-$vm_pid" 2>/dev/null; rm -f "$log"' EXIT
+    trap 'if [ -n "$vm_pid" ]; then kill -TERM -- "-$vm_pid" 2>/dev/null || true; fi; rm -f "$log"' EXIT
     echo
     echo "== Booting $image with: mkosi -C $DIR --ephemeral=yes vm"
     start=$(date +%s)
